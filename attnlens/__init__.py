@@ -1,0 +1,61 @@
+"""attnlens: look inside the cross-attention of diffusion transformers.
+
+Data flows one way::
+
+    adapters -> taps (hooks) -> reducers -> Capture -> analyzers -> plots / reports
+                                   └-> differentiable stats -> training losses
+
+Public entry points (see the README and docs/)::
+
+    import attnlens as al
+    pipe = al.models.tiny_pipeline(seed=0)
+    with al.capture(pipe) as cap:
+        pipe(prompt=..., lyrics=..., audio_duration=4.0, num_inference_steps=8, guidance_scale=1.0)
+    al.analyze(cap)
+
+Names are imported lazily so that ``import attnlens`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> (module, attribute or None for the module itself)
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "models": ("attnlens.models", None),
+    "metrics": ("attnlens.metrics", None),
+    "eval": ("attnlens.eval", None),
+    "plot": ("attnlens.plot", None),
+    "train": ("attnlens.train", None),
+    "adapters": ("attnlens.adapters", None),
+    "capture": ("attnlens.captures.session", "capture"),
+    "Capture": ("attnlens.captures.result", "Capture"),
+    "Layout": ("attnlens.captures.layout", "Layout"),
+    "load_capture": ("attnlens.captures.io", "load_capture"),
+    "analyze": ("attnlens.analyzers.table", "analyze"),
+    "summarize_heads": ("attnlens.analyzers.table", "summarize_heads"),
+    "head_report": ("attnlens.analyzers.report", "head_report"),
+    "find_alignment_heads": ("attnlens.analyzers.heads", "find_alignment_heads"),
+    "align": ("attnlens.analyzers.align", "align"),
+    "lyrics_alignment_score": ("attnlens.analyzers.aas", "lyrics_alignment_score"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'attnlens' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""attnlens.adapters."""

@@ -1,1 +1,52 @@
-"""attnlens.eval."""
+"""attnlens.eval: transcribe generated songs, score WER/CER against the lyrics, and compare model variants.
+
+::
+
+    import attnlens as al
+    asr = al.eval.Transcriber("faster-whisper", model="large-v3", device="cuda", compute_type="float16")
+    suite = al.eval.Suite.builtin()
+    res = al.eval.run(pipe, suite, variants={"baseline": None, "lora": "runs/x/adapter"}, seeds=[0, 1, 2],
+                      transcriber=asr, out_dir="eval/")
+    al.eval.summarize(res); al.eval.winners(res); al.eval.compare(res, "lora", "baseline")
+
+See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from .asr import Transcriber, Transcription, Word, resample_to_16k
+from .report import build_summary, write_report
+from .runner import Variant, merge, parse_variants, run
+from .stats import Winners, bootstrap_mean_ci, compare, headline_table, summarize, winners
+from .store import read_results
+from .suite import PromptEntry, Suite, SuiteError
+from .text import cer, error_rates, is_non_speech, lyrics_to_reference, normalize_text, wer
+
+__all__ = [
+    "PromptEntry",
+    "Suite",
+    "SuiteError",
+    "Transcriber",
+    "Transcription",
+    "Variant",
+    "Winners",
+    "Word",
+    "bootstrap_mean_ci",
+    "build_summary",
+    "cer",
+    "compare",
+    "error_rates",
+    "headline_table",
+    "is_non_speech",
+    "lyrics_to_reference",
+    "merge",
+    "normalize_text",
+    "parse_variants",
+    "read_results",
+    "resample_to_16k",
+    "run",
+    "summarize",
+    "wer",
+    "winners",
+    "write_report",
+]

@@ -1,0 +1,166 @@
+"""Append-only, crash-safe CSV of result rows.
+
+Commit protocol for one row: its artifacts (audio/latents) are written atomically first (temp file + ``os.replace``),
+then the row is appended as one complete line, flushed and ``fsync``-ed. The row is the commit record: a crash
+before the append leaves an orphan artifact that a rerun overwrites; a crash during the append leaves a partial
+last line (no trailing newline) that :class:`RowStore` cuts off when it opens the file. A rerun therefore never
+duplicates a row and never keeps half a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+KEY_COLUMNS: tuple[str, ...] = ("prompt_id", "variant", "seed")
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename/creation in it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _line(values: Iterable[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    return (str(row["prompt_id"]), str(row["variant"]), int(row["seed"]))
+
+
+class RowStore:
+    """One results CSV. ``add(row)`` appends durably; ``done`` holds the keys already written."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.columns: list[str] | None = None
+        self.rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+        if self.path.exists():
+            self._repair_and_load()
+
+    def _repair_and_load(self) -> None:
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            # a crash cut the last append short: drop the partial line (it was never committed)
+            cut = raw.rfind(b"\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+            raw = raw[:cut]
+        if not raw:
+            self.path.unlink()
+            return
+        df = pd.read_csv(self.path, keep_default_na=False, dtype=str)
+        missing = [c for c in KEY_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"{self.path}: not a results file of attnlens.eval (missing columns {missing})")
+        self.columns = list(df.columns)
+        for rec in df.to_dict("records"):
+            key = row_key(rec)
+            if key in self.rows:
+                raise ValueError(f"{self.path}: duplicated row for {key}; the file was edited or merged by hand")
+            self.rows[key] = rec
+
+    @property
+    def done(self) -> set[tuple[str, str, int]]:
+        return set(self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        key = row_key(row)
+        if key in self.rows:
+            raise ValueError(f"row {key} is already in {self.path}")
+        if self.columns is None:
+            self.columns = list(row)
+            atomic_write_text(self.path, _line(self.columns))
+        if set(row) != set(self.columns):
+            extra, lost = sorted(set(row) - set(self.columns)), sorted(set(self.columns) - set(row))
+            raise ValueError(
+                f"row {key} has columns that differ from {self.path}'s header (new {extra}, missing {lost}); "
+                "a scorer must return the same keys every time, and a resumed run must use the same scorer"
+            )
+        line = _line(row[c] for c in self.columns)
+        with open(self.path, "a", encoding="utf-8", newline="") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[key] = {c: str(row[c]) for c in self.columns}
+
+
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a results CSV with proper dtypes (empty transcriptions stay empty strings, not NaN)."""
+    df = pd.read_csv(path, keep_default_na=False)
+    for c in df.columns:
+        if df[c].dtype == object and c not in ("transcription", "ground_truth"):
+            conv = pd.to_numeric(df[c], errors="coerce")
+            if conv.notna().all():
+                df[c] = conv
+    return df
+
+
+def merge_shards(out_dir: str | os.PathLike, pattern: str = "results.rank*.csv") -> pd.DataFrame:
+    """Combine per-rank shard files into ``out_dir/results.csv`` (atomic). Duplicated keys are an error."""
+    out_dir = Path(out_dir)
+    shards = sorted(out_dir.glob(pattern))
+    if not shards:
+        raise FileNotFoundError(f"no shard files {pattern!r} in {out_dir}")
+    frames = [RowStore(p) for p in shards]
+    cols = frames[0].columns
+    seen: dict[tuple[str, str, int], Path] = {}
+    records: list[dict[str, Any]] = []
+    for store, p in zip(frames, shards):
+        if store.columns is None:
+            continue
+        if cols is None:
+            cols = store.columns
+        if set(store.columns) != set(cols):
+            raise ValueError(f"{p} has columns {store.columns}, other shards have {cols}")
+        for key, rec in store.rows.items():
+            if key in seen:
+                raise ValueError(f"row {key} is in both {seen[key]} and {p}")
+            seen[key] = p
+            records.append(rec)
+    if cols is None:
+        raise ValueError(f"all shard files in {out_dir} are empty")
+    text = _line(cols) + "".join(_line(r[c] for c in cols) for r in records)
+    atomic_write_text(out_dir / "results.csv", text)
+    return read_results(out_dir / "results.csv")

@@ -73,7 +73,9 @@ class ItemLayout:
                 setattr(self, name, [-1] * n)
         for name in ("tokens", "kinds", "char_spans", "word_index", "line_index"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"ItemLayout.{name} has {len(getattr(self, name))} entries; expected {n} (one per key)")
+                raise ValueError(
+                    f"ItemLayout.{name} has {len(getattr(self, name))} entries; expected {n} (one per key)"
+                )
         bad = sorted({s for s in self.segments if s not in SEGMENT_CODE and s != UNKNOWN})
         if bad:
             raise ValueError(f"unknown segment name(s) {bad}; expected one of {SEGMENTS + (UNKNOWN,)}")

@@ -115,7 +115,9 @@ class Capture:
 
     def batch_index(self, batch: int) -> int:
         if not 0 <= batch < self.batch_size:
-            raise IndexError(f"batch {batch} out of range; this capture has {self.batch_size} items {self.batch_labels}")
+            raise IndexError(
+                f"batch {batch} out of range; this capture has {self.batch_size} items {self.batch_labels}"
+            )
         return batch
 
     # ------------------------------------------------------------------ maps
@@ -184,7 +186,9 @@ class Capture:
         for b, it in enumerate(self.layout.items):
             counts = ", ".join(f"{s} {it.segments.count(s)}" for s in SEGMENTS if it.segments.count(s))
             rows.append((f"layout[{b}]", f"{counts}; {len(it.words)} sung words"))
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
+        )
         return f"<table><caption>attnlens Capture</caption>{body}</table>"
 
 

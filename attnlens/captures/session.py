@@ -1,0 +1,390 @@
+"""``al.capture``: the context manager that taps a model's cross-attention during generation.
+
+    with al.capture(pipe, layers=None, heads=None, steps=None, maps=False) as cap:
+        pipe(...)
+
+Hooks (all removed in ``finally``, also when the pipeline raises):
+
+- a forward pre-hook on the transformer starts a step: reads ``t`` from its ``timestep``, decides whether the
+  step is kept, labels CFG halves when the batch is doubled;
+- forward hooks on each selected layer's ``cross_attn.norm_q`` / ``norm_k`` receive the post-norm query and key
+  exactly as the attention kernel sees them and hand them to the reducer; the model's own attention keeps
+  running on SDPA / flash and its outputs are untouched;
+- on a pipeline, hooks on the text encoder and condition encoder record what the layout needs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import torch
+
+from .. import __version__
+from ..adapters import adapter_for
+from ..adapters.acestep_layout import LayoutRecorder
+from ..reducers.stats import reduce_reference, segment_onehot
+from ..taps.hooks import HookSet
+from .layout import ItemLayout, Layout
+from .result import STAT_NAMES, Capture
+
+MapsMode = bool | Literal["mean"]
+
+_ACTIVE_ATTR = "_attnlens_capture_active"
+
+
+class CaptureError(RuntimeError):
+    """The capture cannot go on (a second generation in one capture, a layout that does not fit, ...)."""
+
+
+def _normalize_selection(name: str, values: Any, n: int | None) -> list[int] | None:
+    if values is None:
+        return None
+    if isinstance(values, int):
+        values = [values]
+    try:
+        vals = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be None, an int or a list of ints; got {values!r}") from None
+    if not vals:
+        raise ValueError(f"{name} is empty: pass None for all, or at least one index")
+    if len(set(vals)) != len(vals):
+        raise ValueError(f"{name} has duplicates: {vals}")
+    if n is not None:
+        bad = [v for v in vals if not -n <= v < n]
+        if bad:
+            raise IndexError(f"{name} {bad} out of range: the model has {n} (valid: 0..{n - 1} or {-n}..-1)")
+        vals = [v % n for v in vals]
+    return vals
+
+
+def _as_layout(layout: Any) -> Layout | None:
+    if layout is None or isinstance(layout, Layout):
+        return layout
+    if isinstance(layout, ItemLayout):
+        return Layout(items=[layout], source="user")
+    if isinstance(layout, (list, tuple)) and all(isinstance(x, ItemLayout) for x in layout):
+        return Layout(items=list(layout), source="user")
+    raise TypeError(f"layout must be a Layout, an ItemLayout or a list of ItemLayout; got {type(layout).__name__}")
+
+
+class CaptureSession:
+    """State of one capture. Use :func:`capture`."""
+
+    def __init__(
+        self,
+        model: Any,
+        layers: Any = None,
+        heads: Any = None,
+        steps: Any = None,
+        maps: MapsMode = False,
+        layout: Any = None,
+        num_steps: int | None = None,
+        stats: bool = True,
+    ):
+        self.adapter = adapter_for(model)
+        f = self.adapter.facts
+        self.layers = _normalize_selection("layers", layers, f.n_layers) or list(range(f.n_layers))
+        self.heads = _normalize_selection("heads", heads, f.heads) or list(range(f.heads))
+        self.steps_req = _normalize_selection("steps", steps, None)
+        if maps not in (True, False, "mean"):
+            raise ValueError(f"maps must be True, False or 'mean'; got {maps!r}")
+        self.maps_mode = maps
+        self.keep_stats = stats
+        self.user_layout = _as_layout(layout)
+        self.num_steps = num_steps
+        if (
+            self.steps_req
+            and any(s < 0 for s in self.steps_req)
+            and num_steps is None
+            and self.adapter.pipeline is None
+        ):
+            raise ValueError(
+                f"steps={self.steps_req} counts from the end, but a bare transformer does not say how many steps "
+                "will run: pass num_steps=... (or capture the pipeline)"
+            )
+        self.hooks = HookSet()
+        self.recorder = LayoutRecorder(self.adapter.pipeline) if self.adapter.pipeline is not None else None
+        self.capture = Capture(
+            layers=list(self.layers),
+            heads=list(self.heads),
+            steps=[],
+            timesteps=[],
+            layout=self.user_layout or Layout(items=[], source="unknown"),
+            frame_rate=self.adapter.frame_rate,
+            model=self.adapter.model_info(),
+            meta={"attnlens": __version__, "maps": maps, "reducer": "reference"},
+        )
+        # per-step state
+        self._kept: set[int] | None = None
+        self._step = -1
+        self._active = False
+        self._step_pos = -1
+        self._q: dict[int, torch.Tensor] = {}
+        self._keys: dict[int, tuple] = {}
+        self._parts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self._maps: dict[tuple[int, int], torch.Tensor] = {}
+        self._map_sum: dict[int, torch.Tensor] = {}
+        self._map_count = 0
+        self._layout_cache: tuple[Any, ...] | None = None
+        dev = next(self.adapter.transformer.parameters()).device
+        self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
+        self._q_index = torch.tensor(self.heads, dtype=torch.long, device=dev)
+
+    # ----------------------------------------------------------- lifecycle
+    def __enter__(self) -> Capture:
+        tr = self.adapter.transformer
+        if getattr(tr, _ACTIVE_ATTR, False):
+            raise CaptureError(
+                f"a capture is already active on this {type(tr).__name__}: nested captures on one model are not "
+                "supported; capture everything you need in one al.capture(...) call"
+            )
+        try:
+            setattr(tr, _ACTIVE_ATTR, True)
+            self.hooks.forward_pre(tr, self._on_step_begin, with_kwargs=True)
+            self.hooks.forward(tr, self._on_step_end, always_call=True)
+            for layer in self.layers:
+                qm, km = self.adapter.query_key_modules(layer)
+                self.hooks.forward(qm, self._make_q_hook(layer))
+                self.hooks.forward(km, self._make_k_hook(layer))
+            if self.recorder is not None:
+                self.recorder.attach(self.hooks)
+        except BaseException:
+            self._detach()
+            raise
+        return self.capture
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._detach()
+        finally:
+            if exc_type is None:
+                self._finalize()
+            self._release()
+
+    def _detach(self) -> None:
+        try:
+            self.hooks.remove()
+        finally:
+            if hasattr(self.adapter.transformer, _ACTIVE_ATTR):
+                delattr(self.adapter.transformer, _ACTIVE_ATTR)
+
+    def _release(self) -> None:
+        self._q.clear()
+        self._keys.clear()
+        self._parts.clear()
+        self._maps.clear()
+        self._map_sum.clear()
+        self._layout_cache = None
+
+    # --------------------------------------------------------------- steps
+    def _total_steps(self) -> int | None:
+        if self.num_steps is not None:
+            return self.num_steps
+        pipe = self.adapter.pipeline
+        if pipe is not None and getattr(pipe, "scheduler", None) is not None:
+            ts = getattr(pipe.scheduler, "timesteps", None)
+            if ts is not None:
+                return len(ts)
+        return None
+
+    def _on_step_begin(self, module, args, kwargs):
+        t = self.adapter.timestep_of_call(args, kwargs)
+        cap = self.capture
+        if cap.timesteps and t > cap.timesteps[-1] + 1e-9:
+            raise CaptureError(
+                f"a new generation started inside one capture (t went from {cap.timesteps[-1]:.4g} up to {t:.4g}); "
+                "a capture holds one generation: open a new al.capture(...) for each pipeline call"
+            )
+        self._step += 1
+        cap.timesteps.append(t)
+        if self._kept is None:
+            if self.steps_req is None:
+                self._kept = set()  # all: decided per step
+            else:
+                total = self._total_steps()
+                if any(s < 0 for s in self.steps_req) and total is None:
+                    raise CaptureError(
+                        "cannot resolve negative steps: the number of steps is unknown (pass num_steps=)"
+                    )
+                resolved = {s + total if s < 0 else s for s in self.steps_req}
+                bad = [s for s in self.steps_req if (s + total if s < 0 else s) < 0] if total else []
+                if bad:
+                    raise CaptureError(f"steps {bad} out of range for {total} steps")
+                self._kept = resolved
+        keep = self.steps_req is None or self._step in self._kept
+        self._active = keep
+        if not keep:
+            return
+        self._step_pos = len(cap.steps)
+        cap.steps.append(self._step)
+        self._prepare_layout(args, kwargs)
+
+    def _on_step_end(self, module, args, output):
+        self._active = False
+        self._q.clear()
+
+    def _prepare_layout(self, args, kwargs) -> None:
+        B = self.adapter.batch_of_call(args, kwargs)
+        S = self.adapter.encoder_length_of_call(args, kwargs)
+        layout = self.user_layout
+        if layout is None and self.recorder is not None:
+            layout = self.recorder.layout
+        cond_items: list[ItemLayout]
+        if layout is None:
+            cond_items = [ItemLayout.unknown(S) for _ in range(B)]
+            layout = Layout(items=cond_items, source="unknown")
+            labels = [f"cond:{i}" for i in range(B)]
+            if not self.capture.meta.get("layout_warning"):
+                self.capture.meta["layout_warning"] = "layout unknown: segment masses and lyric statistics are empty"
+        elif len(layout) == B:
+            cond_items = layout.items
+            labels = [f"cond:{i}" for i in range(B)]
+        elif len(layout) == 1 and self.user_layout is not None:
+            cond_items = layout.items * B
+            labels = [f"cond:{i}" for i in range(B)]
+        elif 2 * len(layout) == B:
+            cond_items = layout.items + layout.items
+            n = len(layout)
+            labels = [f"cond:{i}" for i in range(n)] + [f"uncond:{i}" for i in range(n)]
+        else:
+            raise CaptureError(f"the transformer batch is {B} but the layout describes {len(layout)} item(s)")
+        for b, it in enumerate(cond_items):
+            if S is not None and it.n_keys != S:
+                raise CaptureError(
+                    f"layout of batch item {b} has {it.n_keys} keys but the transformer got {S} encoder positions"
+                )
+        if self.capture.batch_labels and self.capture.batch_labels != labels:
+            raise CaptureError(f"batch changed inside one capture: {self.capture.batch_labels} -> {labels}")
+        self.capture.batch_labels = labels
+        self.capture.layout = layout
+        key = (id(layout), B)
+        if self._layout_cache is None or self._layout_cache[0] != key:
+            dev = self._q_index.device
+            codes = torch.as_tensor([it.segment_codes().tolist() for it in cond_items], dtype=torch.long, device=dev)
+            lyr_index = torch.full_like(codes, -1)
+            for b, it in enumerate(cond_items):
+                pos = torch.as_tensor(it.lyric_positions(), dtype=torch.long, device=dev)
+                lyr_index[b, pos] = torch.arange(len(pos), device=dev)
+            n_lyric = (lyr_index >= 0).sum(dim=1)
+            self._layout_cache = (key, segment_onehot(codes), lyr_index, n_lyric)
+
+    # ------------------------------------------------------------- reducers
+    def _make_q_hook(self, layer: int):
+        def on_query(module, args, output):
+            if self._active:
+                self._q[layer] = output
+
+        on_query.__qualname__ = f"capture.query[{layer}]"
+        return on_query
+
+    def _make_k_hook(self, layer: int):
+        def on_key(module, args, output):
+            if not self._active or layer not in self._q:
+                return
+            q = self._q.pop(layer)
+            self._reduce(layer, q, output)
+
+        on_key.__qualname__ = f"capture.key[{layer}]"
+        return on_key
+
+    @torch.no_grad()
+    def _reduce(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
+        _, onehot, lyr_index, n_lyric = self._layout_cache
+        qs = q.detach().index_select(2, self._q_index.to(q.device))  # [B, T, h, D]
+        keep_maps = self.maps_mode is not False
+        stats, maps = reduce_reference(
+            qs, k.detach(), self.adapter.facts.scale, self._kv_index.to(q.device), onehot, lyr_index, n_lyric, keep_maps
+        )
+        li = self.layers.index(layer)
+        if self.keep_stats:
+            self._parts[(self._step_pos, li)] = stats
+        if maps is not None:
+            if self.maps_mode == "mean":
+                if li in self._map_sum:
+                    self._map_sum[li] += maps
+                else:
+                    self._map_sum[li] = maps.clone()
+                if li == 0:
+                    self._map_count += 1
+            else:
+                self._maps[(self._step_pos, li)] = _to_cpu(maps)
+
+    # ------------------------------------------------------------- finalize
+    def _finalize(self) -> None:
+        cap = self.capture
+        ns, nl = len(cap.steps), len(self.layers)
+        if ns == 0:
+            warnings.warn(
+                "the capture saw no kept transformer step (was the model called inside the `with` block?)",
+                stacklevel=3,
+            )
+            return
+        missing = [(s, li) for s in range(ns) for li in range(nl) if (s, li) not in self._parts]
+        if self.keep_stats and missing:
+            raise CaptureError(
+                f"incomplete capture: no cross-attention seen for (step, layer) {missing[:4]}"
+                f"{' ...' if len(missing) > 4 else ''} (did the transformer skip cross-attention?)"
+            )
+        if self.keep_stats:
+            # [step, layer, batch, head, frame(, segment)]
+            cap.stats = {
+                name: torch.stack(
+                    [torch.stack([self._parts[(s, li)][name] for li in range(nl)]) for s in range(ns)]
+                ).cpu()
+                for name in STAT_NAMES
+            }
+            bad = torch.isnan(cap.stats["entropy"]).flatten(2).any(-1)  # [step, layer]
+            if bad.any():
+                where = [(cap.steps[s], self.layers[li]) for s, li in bad.nonzero().tolist()]
+                cap.meta["nonfinite"] = where
+                warnings.warn(
+                    f"non-finite attention logits (NaN/Inf in the model's query/key) at (step, layer) {where[:6]}; "
+                    "their statistics are NaN",
+                    stacklevel=3,
+                )
+        if self._maps:
+            cap.maps = torch.stack([torch.stack([self._maps[(s, li)] for li in range(nl)]) for s in range(ns)])
+        if self._map_sum:
+            cap.maps_mean = torch.stack([(self._map_sum[li] / self._map_count).cpu() for li in range(nl)])
+        dtype = None
+        try:
+            dtype = str(next(self.adapter.transformer.parameters()).dtype).replace("torch.", "")
+        except StopIteration:
+            pass
+        cap.meta["dtype"] = dtype
+
+
+def _to_cpu(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cuda":
+        out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        out.copy_(x, non_blocking=True)
+        return out
+    return x
+
+
+def capture(
+    model: Any,
+    layers: Any = None,
+    heads: Any = None,
+    steps: Any = None,
+    maps: MapsMode = False,
+    layout: Any = None,
+    num_steps: int | None = None,
+) -> CaptureSession:
+    """Capture cross-attention from an ``AceStepPipeline`` (or a bare ``AceStepTransformer1DModel``).
+
+    Args:
+        model: the pipeline or the transformer.
+        layers, heads, steps: what to keep (``None`` = all; an int or list of ints; negative counts from the end;
+            steps are generation steps, one per transformer call).
+        maps: ``False`` keeps per-frame statistics only; ``True`` also keeps full probability maps
+            ``[step, layer, batch, head, frame, key]`` on the CPU for what was selected; ``"mean"`` keeps the mean
+            map over the kept steps.
+        layout: for a bare transformer, the key layout (:class:`Layout` or :class:`ItemLayout`); without it the
+            layout is unknown and says so.
+        num_steps: for a bare transformer with negative ``steps``: how many steps will run.
+
+    Use as ``with al.capture(pipe) as cap: pipe(...)``; ``cap`` is filled when the block ends.
+    """
+    return CaptureSession(model, layers=layers, heads=heads, steps=steps, maps=maps, layout=layout, num_steps=num_steps)

@@ -1,0 +1,121 @@
+"""Per-frame statistics of cross-attention, computed from post-norm Q and K without keeping the map.
+
+For one (batch item, head) with logits ``s[f, j] = scale · q_f · k_j`` and ``P = softmax(s)`` over all packed keys::
+
+    entropy[f]        = -Σ_j P[f,j] log P[f,j] / log S                    (S = number of keys)
+    mass[f, g]        = Σ_{j in segment g} P[f,j]                          (g over SEGMENTS; Σ_g = 1 when known)
+    argmax[f]         = argmax_j s[f,j]
+    A[f, i]           = P[f, L_i] / Σ_i P[f, L_i] = softmax over the lyric set L of s   (lyric-only map)
+    entropy_lyric[f]  = -Σ_i A log A / log n   (n = |L|; 0 when n <= 1)
+    lyric_argmax[f]   = argmax_i A[f,i]         (-1 when n = 0)
+
+This is the reference path (chunked PyTorch, fp32 arithmetic, any device). Chunking over frames bounds the
+temporary ``[B, H, chunk, S]`` tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..captures.layout import SEGMENTS
+
+N_SEG = len(SEGMENTS)
+
+
+def expand_kv(k: torch.Tensor, kv_index: torch.Tensor) -> torch.Tensor:
+    """Key (or value) heads for each selected query head: ``k[B, S, KVH, D]`` -> ``[B, S, h, D]``."""
+    return k.index_select(2, kv_index)
+
+
+def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale · q kᵀ`` in fp32: q ``[B, T, h, D]``, k ``[B, S, h, D]`` -> ``[B, h, T, S]``."""
+    return torch.einsum("bthd,bshd->bhts", q.float(), k.float()) * scale
+
+
+def probabilities(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention probabilities ``[B, h, T, S]`` (rows sum to 1)."""
+    return torch.softmax(attention_logits(q, k, scale), dim=-1)
+
+
+def segment_onehot(seg_codes: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` segment codes -> float ``[B, S, N_SEG]`` one-hot (unknown keys, code -1, are all zero)."""
+    oh = torch.zeros(*seg_codes.shape, N_SEG, dtype=torch.float32, device=seg_codes.device)
+    known = seg_codes >= 0
+    oh[known] = torch.nn.functional.one_hot(seg_codes[known], N_SEG).float()
+    return oh
+
+
+def frame_stats_from_logits(
+    logits: torch.Tensor, onehot: torch.Tensor, lyric_index: torch.Tensor, n_lyric: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-frame statistics from logits ``[B, h, T, S]`` (see module docstring).
+
+    ``onehot``: ``[B, S, N_SEG]``; ``lyric_index``: ``[B, S]`` index into L of each key (-1 if not in L);
+    ``n_lyric``: ``[B]``. Returns arrays ``[B, h, T]`` (mass ``[B, h, T, N_SEG]``).
+    """
+    S = logits.shape[-1]
+    logp = torch.log_softmax(logits, dim=-1)  # [B, h, T, S]
+    p = logp.exp()
+    ent = -(p * logp).sum(-1)
+    entropy = ent / math.log(S) if S > 1 else torch.zeros_like(ent)
+    mass = torch.einsum("bhts,bsg->bhtg", p, onehot)
+    argmax = logits.argmax(dim=-1).to(torch.int32)
+
+    in_l = (lyric_index >= 0)[:, None, None, :]  # [B, 1, 1, S]
+    lyr_logits = logits.masked_fill(~in_l, float("-inf"))
+    has = (n_lyric > 0)[:, None, None]  # [B, 1, 1]
+    # items with no lyric token: avoid all -inf rows (NaN); results are replaced below
+    lyr_logits = torch.where(has[..., None], lyr_logits, torch.zeros_like(lyr_logits))
+    loga = torch.log_softmax(lyr_logits, dim=-1)
+    a = loga.exp()
+    ent_l = -(torch.where(a > 0, a * loga, torch.zeros_like(a))).sum(-1)
+    logn = torch.log(n_lyric.clamp(min=2).to(ent_l.dtype))[:, None, None]
+    entropy_lyric = torch.where((n_lyric > 1)[:, None, None], ent_l / logn, torch.zeros_like(ent_l))
+    pos = lyr_logits.argmax(dim=-1)  # [B, h, T] packed positions
+    lyric_argmax = torch.gather(lyric_index[:, None, :].expand(-1, pos.shape[1], -1), 2, pos)
+    lyric_argmax = torch.where(has, lyric_argmax, torch.full_like(lyric_argmax, -1)).to(torch.int32)
+    return {
+        "entropy": entropy,
+        "mass": mass,
+        "argmax": argmax,
+        "entropy_lyric": entropy_lyric,
+        "lyric_argmax": lyric_argmax,
+    }
+
+
+def chunk_frames(B: int, h: int, S: int, T: int, budget_bytes: int = 256 << 20) -> int:
+    """Frames per chunk so that the fp32 ``[B, h, chunk, S]`` temporaries stay under ``budget_bytes``."""
+    per_frame = max(1, B * h * S * 4 * 6)  # logits, logp, p, lyric logits, log A, A
+    return max(1, min(T, budget_bytes // per_frame))
+
+
+def reduce_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    kv_index: torch.Tensor,
+    onehot: torch.Tensor,
+    lyric_index: torch.Tensor,
+    n_lyric: torch.Tensor,
+    keep_maps: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Statistics (and optionally probabilities) for selected query heads.
+
+    q: ``[B, T, h, D]`` (already the selected heads), k: ``[B, S, KVH, D]``, kv_index: ``[h]`` KV head of each
+    selected query head. Returns stats ``[B, h, T(, N_SEG)]`` and maps ``[B, h, T, S]`` (fp32) or ``None``.
+    """
+    kx = expand_kv(k, kv_index)
+    B, T, h, _ = q.shape
+    S = kx.shape[1]
+    step = chunk_frames(B, h, S, T)
+    parts: list[dict[str, torch.Tensor]] = []
+    maps = []
+    for t0 in range(0, T, step):
+        logits = attention_logits(q[:, t0 : t0 + step], kx, scale)
+        parts.append(frame_stats_from_logits(logits, onehot, lyric_index, n_lyric))
+        if keep_maps:
+            maps.append(torch.softmax(logits, dim=-1))
+    stats = {name: torch.cat([p[name] for p in parts], dim=2) for name in parts[0]}
+    return stats, (torch.cat(maps, dim=2) if keep_maps else None)

@@ -1,0 +1,142 @@
+"""Whisper-style word timestamps from cross-attention maps.
+
+For lyric maps ``maps[head, token, frame]`` (attention probabilities of the chosen heads, lyric columns only):
+
+1. per head, softmax over frames of the log-probabilities: ``W[h, t, f] = P[h, t, f] / sum_f P[h, t, f]``
+   (Whisper applies the softmax to the logits; probabilities keep them only up to a per-frame constant, so the
+   log-probabilities stand in for them; a token row that is all zero becomes uniform);
+2. z-score across tokens for every (head, frame): ``(W - mean_t W) / std_t W`` (population std; 0 where std is 0);
+3. median filter along frames, width 7 by default, edges mirrored (Whisper's reflect padding); skipped when
+   ``frames <= width // 2``, as Whisper does;
+4. mean over heads -> ``M[token, frame]``;
+5. exact DTW on ``-M`` (rows tokens, columns frames);
+6. token ``k`` starts at the first path frame on row ``k``; word ``w`` starts where its first token starts and ends
+   where the next word starts; the last word ends at the end of the last frame. Times = frame / frame_rate seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.ndimage import median_filter
+
+from .warping import dtw
+
+
+@dataclass
+class TokenAlignment:
+    """Result of :func:`align_tokens`. Frames are DiT frames; seconds = frame / frame_rate."""
+
+    token_start_frame: np.ndarray
+    """[token] first frame of every token on the path."""
+    word_ids: np.ndarray
+    """[token] word index of every token (-1: belongs to no word)."""
+    word_start_frame: np.ndarray
+    """[word] first frame of every word (words 0..W-1)."""
+    word_end_frame: np.ndarray
+    """[word] frame where the word ends (exclusive): the next word's start, or the frame count for the last word."""
+    frame_rate: float
+    path: np.ndarray = field(repr=False)
+    """DTW path [2, steps]: token rows, frame columns."""
+    matrix: np.ndarray = field(repr=False)
+    """M [token, frame] after normalization, filtering and head averaging."""
+
+    @property
+    def word_start(self) -> np.ndarray:
+        """Word start times in seconds."""
+        return self.word_start_frame / self.frame_rate
+
+    @property
+    def word_end(self) -> np.ndarray:
+        """Word end times in seconds."""
+        return self.word_end_frame / self.frame_rate
+
+
+def _as_maps(maps: Any) -> np.ndarray:
+    x = (
+        maps.detach().cpu().to(torch.float64).numpy()
+        if isinstance(maps, torch.Tensor)
+        else np.asarray(maps, dtype=np.float64)
+    )
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"expected maps [head, token, frame] (or one map [token, frame]); got shape {x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"empty maps (shape {x.shape})")
+    if not np.all(np.isfinite(x)):
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise ValueError(f"maps hold a non-finite value at index {idx} [head, token, frame]")
+    if np.any(x < 0):
+        idx = tuple(int(i) for i in np.argwhere(x < 0)[0])
+        raise ValueError(f"maps hold a negative probability at index {idx}; expected attention probabilities")
+    return x
+
+
+def alignment_matrix(maps: Any, medfilt_width: int = 7) -> np.ndarray:
+    """Steps 1-4 of the module docstring: ``M[token, frame]`` from ``maps[head, token, frame]``."""
+    x = _as_maps(maps)
+    if medfilt_width < 1 or medfilt_width % 2 == 0:
+        raise ValueError(f"medfilt_width must be a positive odd number; got {medfilt_width}")
+    s = x.sum(-1, keepdims=True)
+    w = np.where(s > 0, x / np.where(s > 0, s, 1.0), 1.0 / x.shape[-1])  # softmax over frames of log P
+    mean = w.mean(axis=1, keepdims=True)
+    std = w.std(axis=1, keepdims=True)
+    z = np.where(std > 0, (w - mean) / np.where(std > 0, std, 1.0), 0.0)
+    if medfilt_width > 1 and z.shape[-1] > medfilt_width // 2:
+        z = median_filter(z, size=(1, 1, medfilt_width), mode="mirror")
+    return z.mean(axis=0)
+
+
+def align_tokens(
+    maps: Any, word_ids: Any, frame_rate: float, medfilt_width: int = 7, dtw_rule: str = "exact"
+) -> TokenAlignment:
+    """Word timestamps from lyric maps ``maps[head, token, frame]`` (see the module docstring).
+
+    ``word_ids[token]``: word index of each token (0, 1, 2, ... in order, each word's tokens contiguous; -1 for tokens
+    that belong to no word, which still take part in the DTW). ``frame_rate``: frames per second (12.5 for ACE-Step).
+    """
+    if not frame_rate > 0:
+        raise ValueError(f"frame_rate must be > 0; got {frame_rate}")
+    M = alignment_matrix(maps, medfilt_width)
+    n_tok, n_frames = M.shape
+    wid = np.asarray(word_ids.cpu() if isinstance(word_ids, torch.Tensor) else word_ids, dtype=np.int64)
+    if wid.shape != (n_tok,):
+        raise ValueError(f"word_ids has shape {wid.shape}; expected ({n_tok},), one per token row")
+    real = wid[wid >= 0]
+    n_words = int(real.max()) + 1 if real.size else 0
+    if real.size and (np.any(np.diff(real) < 0) or np.any(np.diff(real) > 1) or real[0] != 0):
+        raise ValueError("word_ids must number the words 0, 1, 2, ... in token order, each word's tokens contiguous")
+    if real.size and len(np.unique(real)) != n_words:
+        raise ValueError("word_ids skip a word number")
+    rows, cols = dtw(-M, rule=dtw_rule)
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    tok_start = cols[first]  # the path visits every row, in order
+    word_start = np.array([tok_start[np.flatnonzero(wid == w)[0]] for w in range(n_words)], dtype=np.int64)
+    word_end = np.append(word_start[1:], n_frames).astype(np.int64) if n_words else np.zeros(0, dtype=np.int64)
+    return TokenAlignment(
+        token_start_frame=tok_start.astype(np.int64),
+        word_ids=wid,
+        word_start_frame=word_start,
+        word_end_frame=word_end,
+        frame_rate=float(frame_rate),
+        path=np.stack([rows, cols]),
+        matrix=M,
+    )
+
+
+def format_lrc_time(seconds: float) -> str:
+    """``[mm:ss.xx]`` for a time in seconds (rounded to centiseconds; minutes grow past 99 if needed)."""
+    if not np.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"LRC time must be a finite non-negative number of seconds; got {seconds}")
+    cs = int(round(seconds * 100))
+    return f"[{cs // 6000:02d}:{(cs % 6000) // 100:02d}.{cs % 100:02d}]"
+
+
+def format_lrc(lines: list[tuple[float, str]]) -> str:
+    """LRC text: one ``[mm:ss.xx]text`` per ``(start_seconds, text)``."""
+    return "\n".join(f"{format_lrc_time(t)}{text}" for t, text in lines)

@@ -200,9 +200,11 @@ def test_batches_recorded_and_partial_batch_regenerated_whole(tmp_path):
     suite = make_suite(5)
     out = tmp_path / "b"
 
-    def stop_at_3(row, n=[0]):
-        n[0] += 1
-        if n[0] == 3:
+    seen = []
+
+    def stop_at_3(row):
+        seen.append(row)
+        if len(seen) == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -301,3 +303,28 @@ def test_errors_before_generation(tmp_path):
     with pytest.raises(ValueError, match="needs a transcriber"):
         run(pipe, suite, out_dir=tmp_path)
     assert pipe.calls == [] and not np.any([p.suffix == ".csv" for p in tmp_path.iterdir()])
+
+
+@pytest.mark.slow  # builds the offline tiny AceStepPipeline (~20 s) and generates 4 clips
+def test_tiny_pipeline_end_to_end(tmp_path):
+    models = pytest.importorskip("attnlens.models")
+    if not hasattr(models, "tiny_pipeline"):
+        pytest.skip("attnlens.models.tiny_pipeline is not available")
+    pipe = models.tiny_pipeline(seed=0)
+    suite = Suite.from_records(
+        [{"id": f"t{i}", "caption": "folk", "lyrics": "[verse]\nhello world", "duration": 1.0} for i in range(2)]
+    )
+    heard = []
+
+    def decode(audio):
+        heard.append(audio.shape)
+        return "hello"
+
+    kw = {"num_inference_steps": 2, "guidance_scale": 1.0}
+    res = run(pipe, suite, seeds=[0, 1], transcriber=decode, out_dir=tmp_path, generate_kwargs=kw, progress=False)
+    assert len(res) == 4 and res.wer.tolist() == [0.5] * 4
+    assert heard[0] == (48_000,)  # 1 s at 48 kHz, downmixed to mono
+    a0, a1, a2 = (sf.read(tmp_path / res.artifact[i])[0] for i in range(3))
+    assert a0.shape == (48_000, 2)
+    assert np.array_equal(a0, a1)  # same prompt text, same seed, batch 1: identical audio
+    assert not np.allclose(a0, a2)  # another seed

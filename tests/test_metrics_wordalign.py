@@ -1,0 +1,97 @@
+"""Whisper-style word timestamps on planted maps; LRC formatting; timing error."""
+
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from attnlens.metrics import align_tokens, alignment_matrix, format_lrc, timing_error
+from attnlens.metrics.wordalign import format_lrc_time
+
+
+def _staircase(token_frames, n_frames, peak=0.7, n_other=5):
+    """maps [1, token, frame]: token k takes `peak` of each frame in [token_frames[k], token_frames[k+1])."""
+    n = len(token_frames)
+    bounds = list(token_frames) + [n_frames]
+    P = np.full((n, n_frames), (1 - peak) / (n - 1 + n_other))
+    for k in range(n):
+        P[k, bounds[k] : bounds[k + 1]] = peak
+    return P[None]
+
+
+def test_planted_staircase_exact_to_one_frame():
+    rng = np.random.default_rng(0)
+    token_frames = [0, 4, 9, 11, 18, 25, 26, 33, 40, 44]  # 10 tokens, uneven lengths
+    word_ids = np.array([0, 0, 1, 2, 2, 2, 3, 4, 4, 5])
+    maps = _staircase(token_frames, 50)
+    maps = maps * rng.uniform(0.9, 1.1, size=maps.shape)  # mild noise
+    ta = align_tokens(maps, word_ids, frame_rate=12.5)
+    want_tok = np.array(token_frames)
+    assert np.all(np.abs(ta.token_start_frame - want_tok) <= 1)
+    want_word = np.array([0, 9, 11, 26, 33, 44])
+    assert np.all(np.abs(ta.word_start_frame - want_word) <= 1)
+    assert ta.word_end_frame.tolist() == ta.word_start_frame[1:].tolist() + [50]
+    assert ta.word_start == pytest.approx(ta.word_start_frame / 12.5)
+
+
+def test_clean_staircase_is_exact():
+    token_frames = [0, 5, 10, 15, 20, 25]
+    ta = align_tokens(_staircase(token_frames, 30), np.arange(6), frame_rate=10.0)
+    assert ta.token_start_frame.tolist() == token_frames
+    assert ta.word_start.tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+
+
+def test_tokens_outside_words_take_part():
+    token_frames = [0, 6, 12, 18]
+    ta = align_tokens(_staircase(token_frames, 24), [0, -1, 1, 1], frame_rate=12.5)
+    assert ta.word_start_frame.tolist() == [0, 12]
+
+
+def test_matrix_steps_by_hand():
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 4, 20))
+    w = maps / maps.sum(-1, keepdims=True)
+    z = (w - w.mean(1, keepdims=True)) / w.std(1, keepdims=True)
+    # Whisper pads with torch's reflect mode (edge not repeated) = scipy "mirror"
+    import torch
+
+    t = torch.nn.functional.pad(torch.tensor(z), (3, 3, 0, 0), mode="reflect")
+    med = t.unfold(-1, 7, 1).sort()[0][..., 3].numpy()
+    assert np.allclose(alignment_matrix(maps), med.mean(0), atol=1e-12)
+    assert np.allclose(alignment_matrix(maps, medfilt_width=1), z.mean(0), atol=1e-12)
+    assert np.allclose(med, scipy.ndimage.median_filter(z, size=(1, 1, 7), mode="mirror"))
+
+
+def test_bad_word_ids_and_maps():
+    maps = _staircase([0, 5, 10], 15)
+    with pytest.raises(ValueError, match="word_ids"):
+        align_tokens(maps, [0, 2, 1], 12.5)
+    with pytest.raises(ValueError, match="one per token"):
+        align_tokens(maps, [0, 1], 12.5)
+    bad = maps.copy()
+    bad[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"index \(0, 1, 2\)"):
+        align_tokens(bad, [0, 1, 2], 12.5)
+    with pytest.raises(ValueError, match="frame_rate"):
+        align_tokens(maps, [0, 1, 2], 0)
+
+
+def test_lrc_format():
+    assert format_lrc_time(0) == "[00:00.00]"
+    assert format_lrc_time(61.234) == "[01:01.23]"
+    assert format_lrc_time(59.999) == "[01:00.00]"
+    assert format_lrc([(0.8, "walking down"), (125.5, "the road")]) == "[00:00.80]walking down\n[02:05.50]the road"
+    with pytest.raises(ValueError):
+        format_lrc_time(-1)
+
+
+def test_timing_error_hand_computed():
+    true = [("Walking", 0.0, 0.5), ("down", 0.5, 1.0), ("the", 1.0, 1.2), ("road", 1.2, 2.0)]
+    pred = [{"word": "walking", "start": 0.08}, {"word": "down,", "start": 0.35}, {"word": "the", "start": 1.1}, 1.6]
+    r = timing_error(pred, true)
+    assert r.error_ms == pytest.approx([80.0, -150.0, 100.0, 400.0])
+    assert r.within_100 == 0.5 and r.within_200 == 0.75
+    assert r.mean_abs_ms == pytest.approx(182.5) and r.median_abs_ms == pytest.approx(125.0)
+    with pytest.raises(ValueError, match="word 1 differs"):
+        timing_error([("walking", 0.0), ("up", 0.5)], true[:2])
+    with pytest.raises(ValueError, match="matched in order"):
+        timing_error(pred[:3], true)

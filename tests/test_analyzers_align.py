@@ -109,3 +109,23 @@ def test_tiny_pipeline_end_to_end():
     assert all(a.start <= b.start for a, b in zip(aln.words, aln.words[1:]))
     r = al.lyrics_alignment_score(cap, heads={0: [0], 1: [1, 2]})
     assert 0 <= r.score <= 1
+
+
+@pytest.mark.slow
+def test_acestep_protocol_on_tiny_pipeline():
+    pytest.importorskip("attnlens.captures.session", reason="capture core not available")
+    import torch
+
+    from attnlens.analyzers.aas import acestep_protocol_score
+
+    pipe = al.models.tiny_pipeline(seed=0)
+    kw = dict(prompt="folk", lyrics="[verse]\nwalking down the road")
+    x0 = pipe(**kw, audio_duration=2.0, num_inference_steps=2, guidance_scale=1.0, output_type="latent").audios
+    r = acestep_protocol_score(pipe, x0, **kw, num_inference_steps=8, seed=42)
+    # the same protocol written out: x_t = t noise + (1 - t) x0 at t = 1/8, one step, default heads
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(42))
+    with al.capture(pipe, layers=[2, 3, 4, 5, 6], heads=[3, 6, 8, 9, 10, 11], maps=True) as cap:
+        pipe(**kw, latents=0.125 * noise + 0.875 * x0, timesteps=[0.125], guidance_scale=1.0, output_type="latent",
+             audio_duration=2.0)  # fmt: skip
+    assert cap.timesteps == [0.125]
+    assert r.score == al.lyrics_alignment_score(cap).score and 0 <= r.score <= 1

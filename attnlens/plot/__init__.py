@@ -1,1 +1,34 @@
-"""attnlens.plot."""
+"""Figures of captured cross-attention: per-head grids, single maps, comparisons, score matrices, an explorer.
+
+    al.plot.heads(cap, step=-1)                          # one panel per head (mean over layers)
+    al.plot.heads(cap, step=-1, layers=[3])              # the heads of layer 3
+    al.plot.map(cap, step=-1, layer=3, head=11)          # rows = lyric words, columns = seconds
+    al.plot.compare({"baseline": a, "lora": b}, step=-1, reference="baseline")
+    al.plot.scores(al.analyze(cap), "diagonal_score")    # layer × head matrix
+    al.plot.explore(cap).write_html("explore.html")      # standalone interactive page
+    al.plot.save(fig, "out.png")                         # PNG / SVG / PDF / HTML, atomic
+
+The numbers behind the figures: :func:`map_data` (rows × frames) and :func:`score_matrix` (layer × head).
+"""
+
+from ._data import MapData, Row, key_rows, map_data, pool_frames, score_matrix
+from .explore import ExplorerFigure, explore
+from .heatmaps import compare, heads, map
+from .save import save
+from .scores import scores
+
+__all__ = [
+    "ExplorerFigure",
+    "MapData",
+    "Row",
+    "compare",
+    "explore",
+    "heads",
+    "key_rows",
+    "map",
+    "map_data",
+    "pool_frames",
+    "save",
+    "score_matrix",
+    "scores",
+]

@@ -21,11 +21,9 @@ from typing import Any
 
 import numpy as np
 
-SEGMENTS: tuple[str, ...] = ("lyric", "lyric_meta", "timbre", "caption", "padding")
-"""Segment names in the order used by the ``mass`` statistic's last axis."""
+from ..segments import SEGMENT_CODE, SEGMENTS, UNKNOWN
 
-SEGMENT_CODE: dict[str, int] = {name: i for i, name in enumerate(SEGMENTS)}
-UNKNOWN = "unknown"
+__all__ = ["SEGMENTS", "SEGMENT_CODE", "UNKNOWN", "ItemLayout", "Layout"]
 
 # fine-grained kinds of lyric tokens
 KIND_SUNG = "sung"

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ..captures.layout import SEGMENTS
+from ..segments import SEGMENTS
 
 N_SEG = len(SEGMENTS)
 

@@ -1,0 +1,298 @@
+"""Differentiable attention entropy for training losses, without storing the attention map.
+
+For one (batch item, query head, frame) with logits ``s_j = scale · q · k_j`` over a key set ``K`` (all packed
+keys, or the sung lyric tokens ``L``) and ``p = softmax(s)`` over ``K``::
+
+    H        = -Σ_j p_j log p_j = logsumexp(s) - Σ_j p_j s_j
+    H_norm   = H / log |K|                                   (in [0, 1])
+    ∂H/∂s_j  = -p_j (s_j - Σ_i p_i s_i)
+
+:class:`_EntropyFn` evaluates ``H`` with the identity above and its gradient with the closed form, chunk by
+chunk over frames, recomputing ``s`` and ``p`` in the backward pass: only ``q`` and ``k`` are saved (the same
+tensors the model's attention already keeps), never ``P``. Arithmetic is fp32 (fp64 for fp64 inputs).
+
+Grouped-query attention: query head ``h`` reads KV head ``h // (H / KVH)``; keys are never expanded.
+
+:class:`EntropyTap` hooks ``cross_attn.norm_q`` / ``norm_k`` of the selected layers through the model adapter,
+so the penalty sees exactly the query and key the attention kernel sees, and hands back one mean normalized
+entropy per layer, with gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from ..adapters import adapter_for
+from ..taps.hooks import HookSet
+
+KeysMode = Literal["all", "lyrics"]
+
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+def _chunk_frames(B: int, H: int, S: int, T: int, itemsize: int, budget: int) -> int:
+    per_frame = max(1, B * H * S * itemsize * 4)  # logits, p, p*s, grad temporaries
+    return max(1, min(T, budget // per_frame))
+
+
+def _logits(qc: torch.Tensor, k: torch.Tensor, scale: float, kmask: torch.Tensor | None) -> torch.Tensor:
+    """qc ``[B, KVH, G, c, D]``, k ``[B, KVH, S, D]`` -> masked logits ``[B, KVH, G, c, S]``."""
+    s = torch.einsum("bngtd,bnsd->bngts", qc, k) * scale
+    if kmask is not None:
+        s = s.masked_fill(~kmask[:, None, None, None, :], float("-inf"))
+    return s
+
+
+def _entropy_of_logits(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(H, p, s_zeroed)`` for logits ``s`` (``-inf`` = key left out); ``H = lse - Σ p s``."""
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    p = torch.exp(s - lse)
+    s0 = torch.where(torch.isfinite(s), s, torch.zeros_like(s))  # p = 0 there; avoid 0 * -inf
+    h = lse.squeeze(-1) - (p * s0).sum(-1)
+    return h, p, s0
+
+
+class _EntropyFn(torch.autograd.Function):
+    """Per-frame entropy ``[B, H, T]`` of ``softmax(scale · q kᵀ)`` with recomputation in backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, kmask, scale, kv_heads, chunk):  # q [B,T,H,D], k [B,S,KVH,D], kmask [B,S] | None
+        B, T, H, D = q.shape
+        G = H // kv_heads
+        work = torch.float64 if q.dtype == torch.float64 else torch.float32
+        qg = q.to(work).permute(0, 2, 1, 3).reshape(B, kv_heads, G, T, D)
+        kg = k.to(work).permute(0, 2, 1, 3)  # [B, KVH, S, D]
+        out = torch.empty(B, kv_heads, G, T, dtype=work, device=q.device)
+        for t0 in range(0, T, chunk):
+            s = _logits(qg[:, :, :, t0 : t0 + chunk], kg, scale, kmask)
+            out[..., t0 : t0 + chunk] = _entropy_of_logits(s)[0]
+        ctx.save_for_backward(q, k, kmask if kmask is not None else torch.empty(0))
+        ctx.has_mask = kmask is not None
+        ctx.scale, ctx.kv_heads, ctx.chunk = scale, kv_heads, chunk
+        return out.reshape(B, H, T)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out [B, H, T]
+        q, k, kmask = ctx.saved_tensors
+        kmask = kmask if ctx.has_mask else None
+        B, T, H, D = q.shape
+        n, chunk, scale = ctx.kv_heads, ctx.chunk, ctx.scale
+        G = H // n
+        work = torch.float64 if q.dtype == torch.float64 else torch.float32
+        qg = q.to(work).permute(0, 2, 1, 3).reshape(B, n, G, T, D)
+        kg = k.to(work).permute(0, 2, 1, 3)
+        go = grad_out.to(work).reshape(B, n, G, T)
+        gq = torch.zeros_like(qg) if ctx.needs_input_grad[0] else None
+        gk = torch.zeros_like(kg) if ctx.needs_input_grad[1] else None
+        for t0 in range(0, T, chunk):
+            qc = qg[:, :, :, t0 : t0 + chunk]
+            s = _logits(qc, kg, scale, kmask)
+            _, p, s0 = _entropy_of_logits(s)
+            mean_s = (p * s0).sum(-1, keepdim=True)
+            gs = -p * (s0 - mean_s) * go[..., t0 : t0 + chunk, None]  # dL/ds [B, n, G, c, S]
+            if gq is not None:
+                gq[:, :, :, t0 : t0 + chunk] = torch.einsum("bngts,bnsd->bngtd", gs, kg) * scale
+            if gk is not None:
+                gk += torch.einsum("bngts,bngtd->bnsd", gs, qc) * scale
+        if gq is not None:
+            gq = gq.reshape(B, H, T, D).permute(0, 2, 1, 3).to(q.dtype)
+        if gk is not None:
+            gk = gk.permute(0, 2, 1, 3).to(k.dtype)
+        return gq, gk, None, None, None, None
+
+
+def attention_entropy(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    key_mask: torch.Tensor | None = None,
+    normalize: bool = True,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Per-frame entropy ``[B, H, T]`` of ``P = softmax(scale · q kᵀ)`` over the keys, differentiable.
+
+    ``H = logsumexp(s) - Σ_j p_j s_j``; with ``normalize`` divided by ``log n`` where ``n`` is the number of keys
+    taken (all ``S``, or ``key_mask.sum()`` per batch item). Gradient by recomputation: ``P`` is never stored.
+
+    Args:
+        q: post-norm queries ``[B, T, H, D]``.
+        k: post-norm keys ``[B, S, KVH, D]`` (``H`` a multiple of ``KVH``; query head ``h`` reads ``h // (H/KVH)``).
+        scale: the attention's logit scale (``1/sqrt(D)`` for ACE-Step).
+        key_mask: optional bool ``[B, S]``: keys taken (the softmax is renormalized over them); every item needs
+            at least 2 (entropy over fewer than 2 keys is undefined after normalization).
+    """
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"expected q [B, T, H, D] and k [B, S, KVH, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
+    B, T, H, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or H % k.shape[2]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not fit (batch, head_dim, GQA groups)")
+    S = k.shape[1]
+    n_keys = None
+    if key_mask is not None:
+        if key_mask.shape != (B, S) or key_mask.dtype != torch.bool:
+            raise ValueError(f"key_mask must be bool [B, S] = [{B}, {S}]; got {key_mask.dtype} {tuple(key_mask.shape)}")
+        n = key_mask.sum(dim=1)
+        if bool((n < 2).any()):
+            raise ValueError(
+                f"entropy over a key set needs at least 2 keys per item; got {n.tolist()} keys (an item without "
+                "sung lyric tokens cannot take a lyric-only entropy penalty)"
+            )
+        key_mask = key_mask.to(q.device)
+        nmax = int(n.max())
+        if nmax < S:  # gather the taken keys: the work scales with |K|, not S
+            order = key_mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :nmax]  # [B, nmax]
+            k = torch.gather(k, 1, order[:, :, None, None].expand(-1, -1, k.shape[2], k.shape[3]))
+            key_mask = torch.gather(key_mask, 1, order)
+            S = nmax
+        n_keys = n
+        if bool(key_mask.all()):
+            key_mask = None
+    elif S < 2:
+        raise ValueError(f"entropy needs at least 2 keys; got S={S}")
+    work_size = 8 if q.dtype == torch.float64 else 4
+    chunk = _chunk_frames(B, H, S, T, work_size, chunk_bytes)
+    h = _EntropyFn.apply(q, k, key_mask, float(scale), int(k.shape[2]), chunk)
+    if not normalize:
+        return h
+    if n_keys is None:
+        return h / math.log(S)
+    return h / torch.log(n_keys.to(h.dtype))[:, None, None]
+
+
+def attention_entropy_naive(
+    q: torch.Tensor, k: torch.Tensor, scale: float, key_mask: torch.Tensor | None = None, normalize: bool = True
+) -> torch.Tensor:
+    """Reference: materializes ``P`` (autograd keeps it for backward). ``-Σ p log p`` over the taken keys."""
+    B, T, H, D = q.shape
+    G = H // k.shape[2]
+    kx = k.repeat_interleave(G, dim=2)  # [B, S, H, D]
+    s = torch.einsum("bthd,bshd->bhts", q, kx) * scale
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    logp = torch.log_softmax(s, dim=-1)
+    p = logp.exp()
+    if key_mask is not None:  # left-out keys: p = 0 and log p = -inf; take 0 · 0 there (finite gradients)
+        logp = logp.masked_fill(~key_mask[:, None, None, :], 0.0)
+    h = -(p * logp).sum(-1)
+    if not normalize:
+        return h
+    n = torch.full((B,), s.shape[-1], device=q.device) if key_mask is None else key_mask.sum(1)
+    return h / torch.log(n.to(h.dtype))[:, None, None]
+
+
+def lyric_key_mask(lyric_positions: Sequence[Sequence[int]], n_keys: int, device: Any = None) -> torch.Tensor:
+    """Bool ``[B, S]`` mask of the sung lyric keys from per-item packed positions (``ItemLayout.lyric_positions``)."""
+    mask = torch.zeros(len(lyric_positions), n_keys, dtype=torch.bool, device=device)
+    for b, pos in enumerate(lyric_positions):
+        pos = [int(p) for p in pos]
+        if pos and (min(pos) < 0 or max(pos) >= n_keys):
+            raise ValueError(f"lyric positions of item {b} fall outside the {n_keys} keys: {pos[:3]}...")
+        mask[b, pos] = True
+    return mask
+
+
+class EntropyTap:
+    """Collect per-layer mean normalized cross-attention entropy, with gradient, during a transformer forward.
+
+    ::
+
+        with EntropyTap(pipe.transformer, keys="lyrics", lyric_positions=pos) as tap:
+            out = pipe.transformer(...)
+        penalty = weight * tap.mean()          # mean over layers, heads, frames, batch
+
+    Hooks sit on each selected layer's ``cross_attn.norm_q`` / ``norm_k`` (found through the adapter) and are
+    all removed when the block ends. ``keys="lyrics"`` renormalizes over the sung lyric tokens of every batch item
+    (``lyric_positions``: per item, packed key positions, e.g. ``layout[b].lyric_positions()``); ``keys="all"``
+    takes every packed key (normalized by ``log S``). If the transformer recomputes layers (gradient
+    checkpointing), only the first evaluation of a layer in a forward call is recorded.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        keys: KeysMode = "all",
+        layers: Sequence[int] | None = None,
+        lyric_positions: Sequence[Sequence[int]] | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ):
+        if keys not in ("all", "lyrics"):
+            raise ValueError(f"keys must be 'all' or 'lyrics'; got {keys!r}")
+        if keys == "lyrics" and lyric_positions is None:
+            raise ValueError("keys='lyrics' needs lyric_positions (per batch item, the packed sung-token positions)")
+        self.adapter = adapter_for(model)
+        n = self.adapter.facts.n_layers
+        self.layers = list(range(n)) if layers is None else [int(layer) % n for layer in layers]
+        self.keys = keys
+        self.lyric_positions = lyric_positions
+        self.chunk_bytes = chunk_bytes
+        self.hooks = HookSet()
+        self._q: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self._mask: torch.Tensor | None = None
+
+    def __enter__(self) -> EntropyTap:
+        try:
+            self.hooks.forward_pre(self.adapter.transformer, self._on_call)
+            for layer in self.layers:
+                qm, km = self.adapter.query_key_modules(layer)
+                self.hooks.forward(qm, self._q_hook(layer))
+                self.hooks.forward(km, self._k_hook(layer))
+        except BaseException:
+            self.hooks.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.hooks.remove()
+        finally:
+            self._q.clear()
+
+    def _on_call(self, module, args):
+        self.values = {}
+        self._q.clear()
+
+    def _q_hook(self, layer: int):
+        def on_query(module, args, output):
+            if layer not in self.values:
+                self._q[layer] = output
+
+        on_query.__qualname__ = f"entropy_tap.query[{layer}]"
+        return on_query
+
+    def _k_hook(self, layer: int):
+        def on_key(module, args, output):
+            if layer in self.values or layer not in self._q:
+                return
+            q = self._q.pop(layer)
+            mask = None
+            if self.keys == "lyrics":
+                S = output.shape[1]
+                if self._mask is None or self._mask.shape != (output.shape[0], S):
+                    if len(self.lyric_positions) != output.shape[0]:
+                        raise ValueError(
+                            f"lyric_positions describe {len(self.lyric_positions)} item(s) but the batch is "
+                            f"{output.shape[0]}"
+                        )
+                    self._mask = lyric_key_mask(self.lyric_positions, S, device=output.device)
+                mask = self._mask
+            h = attention_entropy(q, output, self.adapter.facts.scale, key_mask=mask, chunk_bytes=self.chunk_bytes)
+            self.values[layer] = h.mean()
+
+        on_key.__qualname__ = f"entropy_tap.key[{layer}]"
+        return on_key
+
+    def per_layer(self) -> torch.Tensor:
+        """Mean normalized entropy of every selected layer ``[layer]`` (with gradient)."""
+        missing = [layer for layer in self.layers if layer not in self.values]
+        if missing:
+            raise RuntimeError(f"no cross-attention seen for layer(s) {missing}: was the transformer called?")
+        return torch.stack([self.values[layer] for layer in self.layers])
+
+    def mean(self) -> torch.Tensor:
+        """Mean normalized entropy over layers, heads, frames and batch items (with gradient)."""
+        return self.per_layer().mean()

@@ -1,0 +1,181 @@
+"""Training checkpoints without pickle: tensors in safetensors, everything else in JSON; written atomically.
+
+Layout of ``<out>/checkpoints/step_00000040/``::
+
+    adapter/pytorch_lora_weights.safetensors   the LoRA (diffusers/peft layout)
+    optimizer.safetensors                      optimizer state tensors, keys "<param index>.<name>"
+    rng.safetensors                            torch CPU (and CUDA) RNG states (uint8 tensors)
+    state.json                                 step, optimizer param groups, scheduler state, Python/NumPy RNG
+
+The directory is assembled under a temporary name and renamed into place; ``checkpoints/latest`` names the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(text: str, path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Torch RNG states as tensors; Python and NumPy states as JSON-able lists."""
+    tensors = {"torch_cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = s
+    py = random.getstate()
+    npst = np.random.get_state()
+    js = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+    }
+    return tensors, js
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+    torch.random.set_rng_state(tensors["torch_cpu"])
+    cuda = sorted(k for k in tensors if k.startswith("cuda_"))
+    if cuda and torch.cuda.is_available():
+        states = [tensors[k] for k in cuda]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    v, state, gauss = js["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = js["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{name}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[name] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, d in js.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    opt.load_state_dict({"state": state, "param_groups": js["param_groups"]})
+
+
+def save_checkpoint(
+    out_dir: str,
+    step: int,
+    save_adapter_fn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    extra: dict[str, Any],
+    keep: int = 2,
+) -> str:
+    """Write ``<out_dir>/checkpoints/step_<step>`` atomically; keep the newest ``keep`` checkpoints."""
+    root = os.path.join(out_dir, "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, f"step_{step:08d}")
+    tmp = tempfile.mkdtemp(dir=root, prefix=".tmp-")
+    try:
+        save_adapter_fn(os.path.join(tmp, "adapter"))
+        ot, oj = optimizer_state(optimizer)
+        save_file({k: v.detach().contiguous().cpu() for k, v in ot.items()}, os.path.join(tmp, "optimizer.safetensors"))
+        rt, rj = rng_state()
+        save_file(rt, os.path.join(tmp, "rng.safetensors"))
+        state = {"step": step, "optimizer": oj, "scheduler": scheduler.state_dict(), "rng": rj, **extra}
+        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1, sort_keys=True, default=_json_default)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(os.path.basename(final), os.path.join(root, "latest"))
+    done = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+    for d in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+    return final
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if torch.is_tensor(o):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return None  # e.g. scheduler lr_lambdas (functions): rebuilt from the config
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    root = os.path.join(out_dir, "checkpoints")
+    ptr = os.path.join(root, "latest")
+    if os.path.isfile(ptr):
+        with open(ptr, encoding="utf-8") as f:
+            name = f.read().strip()
+        path = os.path.join(root, name)
+        if os.path.isfile(os.path.join(path, "state.json")):
+            return path
+    if not os.path.isdir(root):
+        return None
+    done = sorted(
+        d for d in os.listdir(root) if d.startswith("step_") and os.path.isfile(os.path.join(root, d, "state.json"))
+    )
+    return os.path.join(root, done[-1]) if done else None
+
+
+def load_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(state.json, optimizer tensors, rng tensors)``."""
+    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+
+    def read(name: str) -> dict[str, torch.Tensor]:
+        with safe_open(os.path.join(path, name), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    return state, read("optimizer.safetensors"), read("rng.safetensors")

@@ -23,6 +23,7 @@ import torch
 from .. import __version__
 from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
+from ..reducers.fused import fused_available, reduce_fused
 from ..reducers.stats import reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
 from .layout import ItemLayout, Layout
@@ -81,6 +82,7 @@ class CaptureSession:
         layout: Any = None,
         num_steps: int | None = None,
         stats: bool = True,
+        reducer: str = "auto",
     ):
         self.adapter = adapter_for(model)
         f = self.adapter.facts
@@ -93,6 +95,9 @@ class CaptureSession:
         self.keep_stats = stats
         self.user_layout = _as_layout(layout)
         self.num_steps = num_steps
+        if reducer not in ("auto", "reference", "fused"):
+            raise ValueError(f"reducer must be 'auto', 'reference' or 'fused'; got {reducer!r}")
+        self.reducer = reducer
         if (
             self.steps_req
             and any(s < 0 for s in self.steps_req)
@@ -113,7 +118,7 @@ class CaptureSession:
             layout=self.user_layout or Layout(items=[], source="unknown"),
             frame_rate=self.adapter.frame_rate,
             model=self.adapter.model_info(),
-            meta={"attnlens": __version__, "maps": maps, "reducer": "reference"},
+            meta={"attnlens": __version__, "maps": maps, "reducer": None},
         )
         # per-step state
         self._kept: set[int] | None = None
@@ -127,9 +132,12 @@ class CaptureSession:
         self._map_sum: dict[int, torch.Tensor] = {}
         self._map_count = 0
         self._layout_cache: tuple[Any, ...] | None = None
+        self._layer_pos = {layer: i for i, layer in enumerate(self.layers)}
+        self._step_bufs: list[dict[str, torch.Tensor]] = []
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
         self._q_index = torch.tensor(self.heads, dtype=torch.long, device=dev)
+        self._heads_i32 = self._q_index.to(torch.int32)
 
     # ----------------------------------------------------------- lifecycle
     def __enter__(self) -> Capture:
@@ -175,6 +183,7 @@ class CaptureSession:
         self._parts.clear()
         self._maps.clear()
         self._map_sum.clear()
+        self._step_bufs = []
         self._layout_cache = None
 
     # --------------------------------------------------------------- steps
@@ -267,7 +276,15 @@ class CaptureSession:
                 pos = torch.as_tensor(it.lyric_positions(), dtype=torch.long, device=dev)
                 lyr_index[b, pos] = torch.arange(len(pos), device=dev)
             n_lyric = (lyr_index >= 0).sum(dim=1)
-            self._layout_cache = (key, segment_onehot(codes), lyr_index, n_lyric)
+            self._layout_cache = (
+                key,
+                segment_onehot(codes),
+                lyr_index,
+                n_lyric,
+                codes.to(torch.int32),
+                lyr_index.to(torch.int32),
+                n_lyric.to(torch.int32),
+            )
 
     # ------------------------------------------------------------- reducers
     def _make_q_hook(self, layer: int):
@@ -288,15 +305,46 @@ class CaptureSession:
         on_key.__qualname__ = f"capture.key[{layer}]"
         return on_key
 
+    def _use_fused(self, q: torch.Tensor) -> bool:
+        if self.reducer == "reference" or self.maps_mode is not False or not self.keep_stats:
+            return False
+        ok = fused_available(q)
+        if self.reducer == "fused" and not ok:
+            raise CaptureError(
+                "reducer='fused' needs a CUDA device, Triton and a power-of-two head_dim >= 16; "
+                f"got device {q.device.type}, head_dim {q.shape[-1]}"
+            )
+        return ok
+
     @torch.no_grad()
     def _reduce(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
-        _, onehot, lyr_index, n_lyric = self._layout_cache
+        li = self._layer_pos[layer]
+        if self._use_fused(q):
+            self.capture.meta["reducer"] = "fused"
+            if len(self._step_bufs) <= self._step_pos:
+                self._new_step_buffers(q)
+            bufs = self._step_bufs[self._step_pos]
+            _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
+            reduce_fused(
+                q.detach(),
+                k.detach(),
+                self.adapter.facts.scale,
+                self._heads_i32,
+                self.adapter.facts.group,
+                seg32,
+                lidx32,
+                nl32,
+                out={name: buf[li] for name, buf in bufs.items()},
+            )
+            self._parts[(self._step_pos, li)] = bufs  # marks (step, layer) as done
+            return
+        self.capture.meta["reducer"] = "reference"
+        _, onehot, lyr_index, n_lyric = self._layout_cache[:4]
         qs = q.detach().index_select(2, self._q_index.to(q.device))  # [B, T, h, D]
         keep_maps = self.maps_mode is not False
         stats, maps = reduce_reference(
             qs, k.detach(), self.adapter.facts.scale, self._kv_index.to(q.device), onehot, lyr_index, n_lyric, keep_maps
         )
-        li = self.layers.index(layer)
         if self.keep_stats:
             self._parts[(self._step_pos, li)] = stats
         if maps is not None:
@@ -309,6 +357,20 @@ class CaptureSession:
                     self._map_count += 1
             else:
                 self._maps[(self._step_pos, li)] = _to_cpu(maps)
+
+    def _new_step_buffers(self, q: torch.Tensor) -> None:
+        """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer."""
+        nl, B, T, h, dev = len(self.layers), q.shape[0], q.shape[1], len(self.heads), q.device
+        f32, i32 = torch.float32, torch.int32
+        self._step_bufs.append(
+            {
+                "entropy": torch.empty(nl, B, h, T, device=dev, dtype=f32),
+                "mass": torch.empty(nl, B, h, T, 5, device=dev, dtype=f32),
+                "argmax": torch.empty(nl, B, h, T, device=dev, dtype=i32),
+                "entropy_lyric": torch.empty(nl, B, h, T, device=dev, dtype=f32),
+                "lyric_argmax": torch.empty(nl, B, h, T, device=dev, dtype=i32),
+            }
+        )
 
     # ------------------------------------------------------------- finalize
     def _finalize(self) -> None:
@@ -326,7 +388,10 @@ class CaptureSession:
                 f"incomplete capture: no cross-attention seen for (step, layer) {missing[:4]}"
                 f"{' ...' if len(missing) > 4 else ''} (did the transformer skip cross-attention?)"
             )
-        if self.keep_stats:
+        if self.keep_stats and self._step_bufs:
+            # fused path: per-step buffers [layer, batch, head, frame(, segment)] -> [step, layer, ...]
+            cap.stats = {name: torch.stack([b[name] for b in self._step_bufs]).cpu() for name in STAT_NAMES}
+        elif self.keep_stats:
             # [step, layer, batch, head, frame(, segment)]
             cap.stats = {
                 name: torch.stack(
@@ -371,6 +436,7 @@ def capture(
     maps: MapsMode = False,
     layout: Any = None,
     num_steps: int | None = None,
+    reducer: str = "auto",
 ) -> CaptureSession:
     """Capture cross-attention from an ``AceStepPipeline`` (or a bare ``AceStepTransformer1DModel``).
 
@@ -384,7 +450,11 @@ def capture(
         layout: for a bare transformer, the key layout (:class:`Layout` or :class:`ItemLayout`); without it the
             layout is unknown and says so.
         num_steps: for a bare transformer with negative ``steps``: how many steps will run.
+        reducer: ``"auto"`` (fused Triton kernel on CUDA when possible, else the reference path), ``"reference"``
+            (chunked PyTorch, fp32; forces the reference everywhere) or ``"fused"`` (error if unavailable).
 
     Use as ``with al.capture(pipe) as cap: pipe(...)``; ``cap`` is filled when the block ends.
     """
-    return CaptureSession(model, layers=layers, heads=heads, steps=steps, maps=maps, layout=layout, num_steps=num_steps)
+    return CaptureSession(
+        model, layers=layers, heads=heads, steps=steps, maps=maps, layout=layout, num_steps=num_steps, reducer=reducer
+    )

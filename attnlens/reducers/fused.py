@@ -56,9 +56,7 @@ if HAVE_TRITON:
         offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_d = tl.arange(0, D)
         t_ok = offs_t < T
-        q = tl.load(
-            q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0
-        )
+        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
         neg_inf = float("-inf")
         m = tl.full([BLOCK_T], neg_inf, tl.float32)
         lsum = tl.zeros([BLOCK_T], tl.float32)

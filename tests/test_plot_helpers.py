@@ -53,12 +53,20 @@ def make_layout(
     for _ in range(n_padding):
         add("padding", None)
     return ItemLayout(
-        segments=seg, tokens=tok, kinds=kind, word_index=wid, line_index=lid, words=words, word_line=word_line,
+        segments=seg,
+        tokens=tok,
+        kinds=kind,
+        word_index=wid,
+        line_index=lid,
+        words=words,
+        word_line=word_line,
         lines=[" ".join(x) for x in lines],
     )
 
 
-def planted_maps(n_steps: int, n_layers: int, n_heads: int, n_frames: int, item: ItemLayout, seed: int = 0) -> np.ndarray:
+def planted_maps(
+    n_steps: int, n_layers: int, n_heads: int, n_frames: int, item: ItemLayout, seed: int = 0
+) -> np.ndarray:
     """Maps [step, layer, 1, head, frame, key]: softmax of noise plus a staircase over the sung tokens whose
     strength grows with the head index (head 0 is diffuse, the last head sharp), and a sink on the timbre key for
     odd layers. Every (step, layer, head) differs."""
@@ -79,8 +87,13 @@ def planted_maps(n_steps: int, n_layers: int, n_heads: int, n_frames: int, item:
 
 
 def make_capture(
-    n_steps: int = 2, n_layers: int = 3, n_heads: int = 4, n_frames: int = 50, item: ItemLayout | None = None,
-    seed: int = 0, maps: bool = True,
+    n_steps: int = 2,
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_frames: int = 50,
+    item: ItemLayout | None = None,
+    seed: int = 0,
+    maps: bool = True,
 ) -> Capture:
     item = item or make_layout()
     m = planted_maps(n_steps, n_layers, n_heads, n_frames, item, seed)
@@ -96,7 +109,14 @@ def make_capture(
     if maps:
         cap.maps = torch.from_numpy(m)
     else:
-        cap.stats = {"entropy": torch.zeros(n_steps, n_layers, 1, n_heads, n_frames)}
+        shape = (n_steps, n_layers, 1, n_heads, n_frames)
+        cap.stats = {
+            "entropy": torch.zeros(shape),
+            "mass": torch.full(shape + (5,), 0.2),
+            "argmax": torch.zeros(shape, dtype=torch.int32),
+            "entropy_lyric": torch.zeros(shape),
+            "lyric_argmax": torch.zeros(shape, dtype=torch.int32),
+        }
     return cap
 
 
@@ -127,8 +147,13 @@ def full_size_maps_capture() -> Capture:
         np.exp(lg - lg.max(-1, keepdims=True), out=lg)
         maps[0, 0, 0, h] = lg / lg.sum(-1, keepdims=True)
     return Capture(
-        layers=[3], heads=list(range(H)), steps=[7], timesteps=[1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3],
-        layout=Layout(items=[item], source="user"), maps=torch.from_numpy(maps), batch_labels=["cond:0"],
+        layers=[3],
+        heads=list(range(H)),
+        steps=[7],
+        timesteps=[1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3],
+        layout=Layout(items=[item], source="user"),
+        maps=torch.from_numpy(maps),
+        batch_labels=["cond:0"],
         frame_rate=12.5,
     )
 
@@ -152,8 +177,13 @@ def full_size_stats_capture() -> Capture:
         "lyric_argmax": torch.from_numpy(la),
     }
     return Capture(
-        layers=list(range(Ly)), heads=list(range(H)), steps=[7], timesteps=[1.0, 0.95, 0.9, 0.83, 0.75, 0.64, 0.5, 0.3],
-        layout=Layout(items=[item], source="user"), stats=stats, batch_labels=["cond:0"],
+        layers=list(range(Ly)),
+        heads=list(range(H)),
+        steps=[7],
+        timesteps=[1.0, 0.95, 0.9, 0.83, 0.75, 0.64, 0.5, 0.3],
+        layout=Layout(items=[item], source="user"),
+        stats=stats,
+        batch_labels=["cond:0"],
     )
 
 

@@ -138,7 +138,12 @@ def _lyric_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[Row
             if not merge:
                 flush()
                 prev = rows[-1] if rows else None
-                cont = prev is not None and prev.kind in ("sung", "piece") and w >= 0 and item.word_index[prev.keys[0]] == w
+                cont = (
+                    prev is not None
+                    and prev.kind in ("sung", "piece")
+                    and w >= 0
+                    and item.word_index[prev.keys[0]] == w
+                )
                 rows.append(Row(("·" if cont else "") + _piece(tok), "piece", seg, (k,), item.line_index[k]))
                 continue
             if cur_kind != "sung" or w < 0 or w != cur_word:
@@ -175,7 +180,9 @@ def _lyric_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[Row
 
 def _caption_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[Row]:
     if not merge:
-        return [Row(_piece(item.tokens[k]) or f"caption[{i}]", "caption", "caption", (k,)) for i, k in enumerate(positions)]
+        return [
+            Row(_piece(item.tokens[k]) or f"caption[{i}]", "caption", "caption", (k,)) for i, k in enumerate(positions)
+        ]
     rows: list[Row] = []
     cur: list[int] = []
     for k in positions:
@@ -189,7 +196,9 @@ def _caption_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[R
         )
         if tok.strip() == "" or starts_new:
             if cur:
-                rows.append(Row("".join(item.tokens[j] or "" for j in cur).strip() or "↵", "caption", "caption", tuple(cur)))
+                rows.append(
+                    Row("".join(item.tokens[j] or "" for j in cur).strip() or "↵", "caption", "caption", tuple(cur))
+                )
             cur = [k]
             if tok.strip() == "":
                 rows.append(Row(_piece(tok), "caption", "caption", (k,)))
@@ -370,9 +379,9 @@ def map_data(
     acc: np.ndarray | None = None  # [frame, row]
     key_mean: np.ndarray | None = None  # [key]
     blank = 0
-    for l in layers:
+    for lyr in layers:
         for h in heads:
-            p = cap.attention(step, l, h, batch).detach().to(torch.float32).cpu().numpy()  # [frame, key]
+            p = cap.attention(step, lyr, h, batch).detach().to(torch.float32).cpu().numpy()  # [frame, key]
             if rows is None:
                 rows = key_rows(item, p.shape[-1], keys, merge)
             g = group_rows(p, rows).astype(np.float64)  # [frame, row]

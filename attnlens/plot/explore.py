@@ -293,14 +293,27 @@ def explore(
             if lo > 0:
                 shapes.append(
                     {
-                        "type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": lo - 0.5, "y1": lo - 0.5,
+                        "type": "line",
+                        "xref": "paper",
+                        "x0": 0,
+                        "x1": 1,
+                        "yref": "y",
+                        "y0": lo - 0.5,
+                        "y1": lo - 0.5,
                         "line": {"color": "white", "width": 1, "dash": "dash"},
                     }
                 )
             annotations.append(
                 {
-                    "x": 0.0, "xref": "paper", "xanchor": "right", "xshift": -4, "y": ylabels[(lo + hi - 1) // 2],
-                    "yref": "y", "text": f"<b>{name}</b>", "showarrow": False, "textangle": -90,
+                    "x": 0.0,
+                    "xref": "paper",
+                    "xanchor": "right",
+                    "xshift": -4,
+                    "y": ylabels[(lo + hi - 1) // 2],
+                    "yref": "y",
+                    "text": f"<b>{name}</b>",
+                    "showarrow": False,
+                    "textangle": -90,
                     "font": {"size": 10, "color": "#666"},
                 }
             )

@@ -89,9 +89,7 @@ def draw_map(
         ax.tick_params(labelleft=False)
     trans = blended_transform_factory(ax.transAxes, ax.transData)
     if mark_sink and md.sink_row >= 0:
-        ax.plot(
-            [1.0], [md.sink_row], marker="<", color=SINK_COLOR, markersize=5, transform=trans, clip_on=False
-        )
+        ax.plot([1.0], [md.sink_row], marker="<", color=SINK_COLOR, markersize=5, transform=trans, clip_on=False)
     if boundaries:
         spans = segment_spans(md.rows)
         if len(spans) > 1:
@@ -99,8 +97,16 @@ def draw_map(
                 if lo > 0:
                     ax.axhline(lo - 0.5, color="white", lw=0.8, ls="--")
                 ax.text(
-                    1.012, (lo + hi - 1) / 2, name, transform=trans, rotation=90, va="center", ha="left",
-                    fontsize=fontsize * 0.85, color="dimgray", clip_on=False,
+                    1.012,
+                    (lo + hi - 1) / 2,
+                    name,
+                    transform=trans,
+                    rotation=90,
+                    va="center",
+                    ha="left",
+                    fontsize=fontsize * 0.85,
+                    color="dimgray",
+                    clip_on=False,
                 )
         else:
             lines = [r.line for r in md.rows]
@@ -119,7 +125,7 @@ def _notes_line(mds: list[MapData]) -> str:
     return "; ".join(notes)
 
 
-def map(  # noqa: A001 - public name al.plot.map
+def map(  # public name al.plot.map; shadows the builtin in this module only
     cap: Capture,
     step: int | str = -1,
     layer: int | list[int] | None = None,
@@ -206,10 +212,10 @@ def heads(
         grid_cols = ncols or min(len(panels), 4 if len(panels) <= 16 else 8)
         grid_rows = int(np.ceil(len(panels) / grid_cols))
     else:
-        for l in layer_list:
+        for lyr in layer_list:
             for h in head_list:
-                md = map_data(cap, step, l, h, batch, keys, merge, normalize, pool, mcols)
-                panels.append((f"L{l} H{h}", md))
+                md = map_data(cap, step, lyr, h, batch, keys, merge, normalize, pool, mcols)
+                panels.append((f"L{lyr} H{h}", md))
         grid_cols = ncols or len(head_list)
         grid_rows = int(np.ceil(len(panels) / grid_cols))
     fig = Figure(
@@ -313,22 +319,20 @@ def compare(
                     f"difference {n!r} - {reference!r} needs the same number of frames; got {full[n].n_frames} and "
                     f"{ref.n_frames}"
                 )
-            d = replace(full[n], values=full[n].values - ref.values, sink_row=-1, sink_key=-1, notes=list(full[n].notes))
+            d = replace(
+                full[n], values=full[n].values - ref.values, sink_row=-1, sink_key=-1, notes=list(full[n].notes)
+            )
             diffs[n] = pool_map(d, mcols, "absmax" if pool is not None else None)
     ncols = len(names)
     nrows = 2 if diffs else 1
-    fig = Figure(
-        figsize=(panel_size[0] * ncols + 1.6, panel_size[1] * nrows + 1.0), dpi=dpi, layout="constrained"
-    )
+    fig = Figure(figsize=(panel_size[0] * ncols + 1.6, panel_size[1] * nrows + 1.0), dpi=dpi, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     top = vmax if vmax is not None else max(float(md.values.max()) for md in shown.values())
     duration = max(md.duration for md in full.values())
     im = None
     for j, n in enumerate(names):
         ax = axes[0, j]
-        im = draw_map(
-            ax, shown[n], vmin=0.0, vmax=top, cmap=cmap, row_labels=j == 0, fontsize=7.5, sink_tick=False
-        )
+        im = draw_map(ax, shown[n], vmin=0.0, vmax=top, cmap=cmap, row_labels=j == 0, fontsize=7.5, sink_tick=False)
         ax.set_xlim(0, duration)
         ax.set_title(f"{n}\n{shown[n].sink_note()}", fontsize=8)
     label = "weight (lyric-renormalized)" if normalize == "lyric" else "attention weight"
@@ -343,8 +347,14 @@ def compare(
                 ax.text(0.5, 0.5, f"reference:\n{n}", ha="center", va="center", transform=ax.transAxes, fontsize=9)
                 continue
             dim = draw_map(
-                ax, diffs[n], vmin=-lim, vmax=lim, cmap=diff_cmap, row_labels=j == 0 or names[0] == reference and j == 1,
-                fontsize=7.5, mark_sink=False,
+                ax,
+                diffs[n],
+                vmin=-lim,
+                vmax=lim,
+                cmap=diff_cmap,
+                row_labels=j == 0 or names[0] == reference and j == 1,
+                fontsize=7.5,
+                mark_sink=False,
             )
             ax.set_xlim(0, duration)
             ax.set_title(f"{n} − {reference}", fontsize=8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -46,8 +47,8 @@ def scores(
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(vals)
-    im = ax.imshow(masked, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    im.cmap.set_bad("lightgray")
+    cm = (matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap).with_extremes(bad="lightgray")
+    im = ax.imshow(masked, aspect="auto", cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks(range(n_h), [str(h) for h in m.columns], fontsize=7)
     ax.set_yticks(range(n_l), [str(lyr) for lyr in m.index], fontsize=7)
     ax.set_xlabel("head")
@@ -64,7 +65,9 @@ def scores(
                     continue
                 shade = im.cmap(norm(v))
                 light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.55
-                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=5.5, color="black" if light else "white")
+                ax.text(
+                    j, i, format(v, fmt), ha="center", va="center", fontsize=5.5, color="black" if light else "white"
+                )
     bi, bj = np.unravel_index(np.nanargmax(vals), vals.shape)
     ax.add_patch(Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
     avg = m.attrs.get("averaged") or []

@@ -306,7 +306,9 @@ def pool_map(md: MapData, max_frames: int | None, how: str | None = "max") -> Ma
         return md
     vals = pool_frames(md.values, k, how)
     name = {"max": "max", "mean": "mean", "absmax": "signed largest-|value|"}[how]
-    note = f"time {name}-pooled: 1 column = {k} frames ({k / md.frame_rate:.2f} s), {md.n_frames} → {vals.shape[-1]}"
+    note = (
+        f"time {name}-pooled: 1 column = {k} frames ({k / md.frame_rate:.2f}\u00a0s), {md.n_frames} → {vals.shape[-1]}"
+    )
     return replace(md, values=vals, pool_factor=k, pool=how, notes=[*md.notes, note])
 
 

@@ -8,6 +8,7 @@ width (max-pooling by default) and the figure says so.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Literal
@@ -96,6 +97,8 @@ def draw_map(
             for name, lo, hi in spans:
                 if lo > 0:
                     ax.axhline(lo - 0.5, color="white", lw=0.8, ls="--")
+                if (hi - lo) < 0.06 * n_rows:
+                    continue  # too thin to name; its tick labels carry the segment colour
                 ax.text(
                     1.012,
                     (lo + hi - 1) / 2,
@@ -114,6 +117,12 @@ def draw_map(
                 if lines[i] >= 0 and lines[i - 1] >= 0 and lines[i] != lines[i - 1]:
                     ax.axhline(i - 0.5, color="white", lw=0.5, ls=":", alpha=0.6)
     return im
+
+
+def _wrap(text: str, width_in: float, fontsize: float) -> str:
+    """Wrap every line of a title to the figure width (about 0.55 em per character)."""
+    chars = max(30, int(width_in * 72 / (fontsize * 0.55)))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n"))
 
 
 def _notes_line(mds: list[MapData]) -> str:
@@ -164,7 +173,7 @@ def map(  # public name al.plot.map; shadows the builtin in this module only
     fig.colorbar(im, ax=ax, label=label, pad=0.05)
     ax.set_ylabel({"words": "lyric words", "lyrics": "lyric keys", "all": "packed keys"}[keys])
     sub = "; ".join(x for x in (_notes_line([md]), md.sink_note()) if x)
-    ax.set_title(f"{md.title}\n{sub}", fontsize=9)
+    ax.set_title(_wrap(f"{md.title}\n{sub}", ax.get_position().width * fig.get_figwidth(), 9), fontsize=9)
     return fig
 
 
@@ -216,7 +225,9 @@ def heads(
             for h in head_list:
                 md = map_data(cap, step, lyr, h, batch, keys, merge, normalize, pool, mcols)
                 panels.append((f"L{lyr} H{h}", md))
-        grid_cols = ncols or len(head_list)
+        # one layer: wrap its heads like the averaged grid; several layers: a row of panels per layer
+        wrap = min(len(head_list), 4 if len(head_list) <= 16 else 8)
+        grid_cols = ncols or (wrap if len(layer_list) == 1 else len(head_list))
         grid_rows = int(np.ceil(len(panels) / grid_cols))
     fig = Figure(
         figsize=(panel_size[0] * grid_cols + 1.6, panel_size[1] * grid_rows + 0.9),
@@ -255,11 +266,11 @@ def heads(
     what = f"mean over layers {short_list(layer_list)}" if average_layers else f"layers {short_list(layer_list)}"
     first = panels[0][1]
     head_txt = first.title.split(" · ")[-1]
-    fig.suptitle(
+    title = (
         f"{step_label(cap, step)} · {what} · {head_txt}\n{_notes_line([md for _, md in panels])}; "
-        f"red ◀ = sink (largest mean weight); {'one colour scale' if scale == 'shared' else 'each panel its own scale'}",
-        fontsize=9,
+        f"red ◀ = sink (largest mean weight); {'one colour scale' if scale == 'shared' else 'each panel its own scale'}"
     )
+    fig.suptitle(_wrap(title, fig.get_figwidth(), 9), fontsize=9)
     return fig
 
 
@@ -360,5 +371,6 @@ def compare(
             ax.set_title(f"{n} − {reference}", fontsize=8)
         fig.colorbar(dim, ax=axes[1].tolist(), label="difference (0 = same)", shrink=0.9)
     notes = _notes_line(list(shown.values()) + list(diffs.values()))
-    fig.suptitle(f"{full[base].title}\n{notes}; one colour scale for all variants", fontsize=9)
+    title = f"{full[base].title}\n{notes}; one colour scale for all variants"
+    fig.suptitle(_wrap(title, fig.get_figwidth(), 9), fontsize=9)
     return fig

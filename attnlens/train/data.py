@@ -419,6 +419,12 @@ def prepare(
                 channels = int(getattr(vae.config, "audio_channels", 2))
                 audio = load_audio(s.audio, sr, channels).to(device=device, dtype=vae.dtype)
                 lat = vae.encode(audio[None]).latent_dist.mode()[0].transpose(0, 1).float().cpu()  # [T, C]
+                want = int(pipe.transformer.config.audio_acoustic_hidden_dim)
+                if lat.shape[1] != want:
+                    raise DatasetError(
+                        f"the VAE encodes {s.audio} to {lat.shape[1]} latent channels but the DiT takes {want}: "
+                        "the pipeline's VAE and transformer do not belong together"
+                    )
                 if path:
                     _atomic_save({"latents": lat}, path, {"audio": os.path.basename(s.audio)})
         if max_seconds is not None:

@@ -298,7 +298,10 @@ def delta_weights(path: str, dtype: torch.dtype = torch.float64) -> dict[str, to
 
 
 def combine_adapters(
-    adapters: Mapping[str, str], weights: Mapping[str, float] | None = None, out: str | None = None
+    adapters: Mapping[str, str],
+    weights: Mapping[str, float] | None = None,
+    out: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """Weight-space combination of LoRA adapters with ``ΔW = Σ_i w_i ΔW_i`` exactly.
 
@@ -311,6 +314,8 @@ def combine_adapters(
         adapters: name -> adapter path (directory or safetensors file).
         weights: name -> weight (default: 1 / number of adapters each).
         out: directory to write the combined adapter to (diffusers/peft layout); optional.
+        dtype: storage dtype of the combined factors (default: that of the first adapter). The scaled ``B`` blocks
+            are rounded once to it; with ``torch.float64`` the identity holds to float64 rounding.
 
     Returns the combined state dict.
     """
@@ -329,10 +334,6 @@ def combine_adapters(
             raise ValueError(f"adapter {n!r} is a DoRA adapter: its ΔW is not a low-rank product; cannot combine")
     factors = {n: _factors(sd) for n, (sd, _) in loaded.items()}
     modules = sorted(set().union(*[set(f) for f in factors.values()]))
-    ref_keys = {}
-    for n, (sd, _) in loaded.items():
-        for k in sd:
-            ref_keys.setdefault(k.split(".lora_")[0], k)
     R = None
     combined: dict[str, torch.Tensor] = {}
     for m in modules:
@@ -356,8 +357,9 @@ def combine_adapters(
                         f"adapters disagree on the shape of module {m}: {(B.shape[0], A.shape[1])} vs {shape}"
                     )
             As.append(A)
-            Bs.append(B * (float(weights[n]) * s))
-        A_c, B_c = torch.cat(As, 0), torch.cat(Bs, 1)
+            Bs.append(B.to(torch.float64) * (float(weights[n]) * s))
+        A_c = torch.cat([a.to(torch.float64) for a in As], 0).to(dtype or As[0].dtype)
+        B_c = torch.cat([b.to(torch.float64) for b in Bs], 1).to(dtype or As[0].dtype)
         if R is None:
             R = A_c.shape[0]
         elif A_c.shape[0] != R:

@@ -336,7 +336,8 @@ class Trainer:
 
         cfg = self.cfg
         os.makedirs(cfg.out_dir, exist_ok=True)
-        self.resume()
+        if not self.resume():
+            _seed_everything(cfg.seed, self.rank)  # global RNGs (LoRA dropout) start from the seed
         if self.is_main:
             write_json_atomic(
                 {"train": asdict(self.cfg), "lora": self.lora.to_dict(), "world_size": self.world},
@@ -518,6 +519,16 @@ def _read_metrics(path: str) -> list[dict[str, Any]]:
             rows.append({k: (float(v) if v not in ("", None) else "") for k, v in r.items()})
             rows[-1]["step"] = int(rows[-1]["step"])
     return rows
+
+
+def _seed_everything(seed: int, rank: int) -> None:
+    import random
+
+    ss = np.random.SeedSequence([int(seed), int(rank), 0x5EED])
+    a, b = ss.generate_state(2, dtype=np.uint32)
+    torch.manual_seed(int(a))
+    random.seed(int(b))
+    np.random.seed(int(a))
 
 
 class _nullcontext:

@@ -20,6 +20,17 @@ from typing import Any
 import pandas as pd
 
 KEY_COLUMNS: tuple[str, ...] = ("prompt_id", "variant", "seed")
+TEXT_COLUMNS: tuple[str, ...] = (
+    "prompt_id",
+    "style",
+    "genre",
+    "variant",
+    "transcription",
+    "ground_truth",
+    "adapter",
+    "batch_ids",
+    "artifact",
+)
 
 
 def fsync_dir(path: Path) -> None:
@@ -127,10 +138,11 @@ class RowStore:
 
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a results CSV with proper dtypes (empty transcriptions stay empty strings, not NaN)."""
-    df = pd.read_csv(path, keep_default_na=False)
+    """Read a results CSV: text columns stay strings (an empty transcription is "", an id "7" stays "7");
+    other columns become numeric where every value parses."""
+    df = pd.read_csv(path, keep_default_na=False, dtype={c: str for c in TEXT_COLUMNS})
     for c in df.columns:
-        if df[c].dtype == object and c not in ("transcription", "ground_truth"):
+        if df[c].dtype == object and c not in TEXT_COLUMNS:
             conv = pd.to_numeric(df[c], errors="coerce")
             if conv.notna().all():
                 df[c] = conv

@@ -93,13 +93,17 @@ class AceStepAdapter:
         return self.cross_attention(layer).to_v
 
     # ---------------------------------------------------------------- calls
-    def timestep_of_call(self, args: tuple, kwargs: dict) -> float:
+    def timestep_of_call(self, args: tuple, kwargs: dict) -> Any:
+        """The call's ``t``: a float, or a 0-d tensor left on its device (reading it would synchronize a GPU)."""
         t = kwargs.get("timestep")
         if t is None and len(args) > 1:
             t = args[1]
         if t is None:
             raise ValueError("transformer call without a `timestep` argument: cannot tell which step this is")
-        return float(t.reshape(-1)[0]) if hasattr(t, "reshape") else float(t)
+        if hasattr(t, "reshape"):
+            t = t.detach().reshape(-1)[0]
+            return float(t) if t.device.type == "cpu" else t
+        return float(t)
 
     def encoder_length_of_call(self, args: tuple, kwargs: dict) -> int | None:
         ehs = kwargs.get("encoder_hidden_states")

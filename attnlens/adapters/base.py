@@ -50,8 +50,8 @@ class Adapter(Protocol):
     def value_module(self, layer: int) -> nn.Module:
         """Module whose forward output is the value projection ``[B, S, KVH * D]``."""
 
-    def timestep_of_call(self, args: tuple, kwargs: dict) -> float:
-        """The diffusion time ``t`` of one transformer call."""
+    def timestep_of_call(self, args: tuple, kwargs: dict) -> Any:
+        """The diffusion time ``t`` of one transformer call (a float, or a 0-d device tensor read later)."""
 
     def model_info(self) -> dict[str, Any]:
         """Facts recorded in a capture (class, sizes, rates)."""

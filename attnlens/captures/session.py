@@ -134,6 +134,9 @@ class CaptureSession:
         self._layout_cache: tuple[Any, ...] | None = None
         self._layer_pos = {layer: i for i, layer in enumerate(self.layers)}
         self._step_bufs: list[dict[str, torch.Tensor]] = []
+        self._t_pending: dict[int, torch.Tensor] = {}
+        self._pending_copies = False
+        self._host: dict[str, torch.Tensor] | None = None
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
         self._q_index = torch.tensor(self.heads, dtype=torch.long, device=dev)
@@ -184,6 +187,8 @@ class CaptureSession:
         self._maps.clear()
         self._map_sum.clear()
         self._step_bufs = []
+        self._t_pending = {}
+        self._host = None
         self._layout_cache = None
 
     # --------------------------------------------------------------- steps
@@ -200,11 +205,11 @@ class CaptureSession:
     def _on_step_begin(self, module, args, kwargs):
         t = self.adapter.timestep_of_call(args, kwargs)
         cap = self.capture
-        if cap.timesteps and t > cap.timesteps[-1] + 1e-9:
-            raise CaptureError(
-                f"a new generation started inside one capture (t went from {cap.timesteps[-1]:.4g} up to {t:.4g}); "
-                "a capture holds one generation: open a new al.capture(...) for each pipeline call"
-            )
+        if isinstance(t, float):
+            _check_generation(cap.timesteps[-1] if cap.timesteps else None, t)
+        else:  # a device tensor: read it at the end, so that capture never synchronizes the GPU mid-run
+            self._t_pending[len(cap.timesteps)] = t
+            t = float("nan")
         self._step += 1
         cap.timesteps.append(t)
         if self._kept is None:
@@ -230,8 +235,29 @@ class CaptureSession:
         self._prepare_layout(args, kwargs)
 
     def _on_step_end(self, module, args, output):
+        if self._active and self._step_bufs and len(self._step_bufs) > self._step_pos:
+            self._offload_step(self._step_pos)
         self._active = False
         self._q.clear()
+
+    def _offload_step(self, pos: int) -> None:
+        """Move a finished step's statistics to (pinned) CPU memory without waiting: GPU memory stays flat."""
+        bufs = self._step_bufs[pos]
+        if next(iter(bufs.values())).device.type != "cuda":
+            return
+        n = len(self._kept) if self._kept else self._total_steps()
+        if self._host is None and n:
+            # one pinned block for all expected steps: no per-step allocation, no stacking at the end
+            self._host = {
+                name: torch.empty((n, *buf.shape), dtype=buf.dtype, pin_memory=True) for name, buf in bufs.items()
+            }
+        if self._host is not None and pos < next(iter(self._host.values())).shape[0]:
+            for name, buf in bufs.items():
+                self._host[name][pos].copy_(buf, non_blocking=True)
+            self._step_bufs[pos] = {name: self._host[name][pos] for name in bufs}
+        else:
+            self._step_bufs[pos] = {name: _to_cpu(buf) for name, buf in bufs.items()}
+        self._pending_copies = True
 
     def _prepare_layout(self, args, kwargs) -> None:
         B = self.adapter.batch_of_call(args, kwargs)
@@ -375,6 +401,16 @@ class CaptureSession:
     # ------------------------------------------------------------- finalize
     def _finalize(self) -> None:
         cap = self.capture
+        if self._pending_copies or self._maps:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        if self._t_pending:
+            idx = sorted(self._t_pending)
+            values = torch.stack([self._t_pending[i].float() for i in idx]).cpu().tolist()
+            for i, v in zip(idx, values):
+                cap.timesteps[i] = float(v)
+            for a, b in zip(cap.timesteps, cap.timesteps[1:]):
+                _check_generation(a, b)
         ns, nl = len(cap.steps), len(self.layers)
         if ns == 0:
             warnings.warn(
@@ -390,7 +426,13 @@ class CaptureSession:
             )
         if self.keep_stats and self._step_bufs:
             # fused path: per-step buffers [layer, batch, head, frame(, segment)] -> [step, layer, ...]
-            cap.stats = {name: torch.stack([b[name] for b in self._step_bufs]).cpu() for name in STAT_NAMES}
+            ns_host = next(iter(self._host.values())).shape[0] if self._host is not None else -1
+            if ns_host == len(self._step_bufs) and all(
+                b["entropy"].data_ptr() == self._host["entropy"][i].data_ptr() for i, b in enumerate(self._step_bufs)
+            ):
+                cap.stats = dict(self._host)
+            else:
+                cap.stats = {name: torch.stack([b[name] for b in self._step_bufs]).cpu() for name in STAT_NAMES}
         elif self.keep_stats:
             # [step, layer, batch, head, frame(, segment)]
             cap.stats = {
@@ -418,6 +460,14 @@ class CaptureSession:
         except StopIteration:
             pass
         cap.meta["dtype"] = dtype
+
+
+def _check_generation(previous: float | None, t: float) -> None:
+    if previous is not None and t > previous + 1e-9:
+        raise CaptureError(
+            f"a new generation started inside one capture (t went from {previous:.4g} up to {t:.4g}); "
+            "a capture holds one generation: open a new al.capture(...) for each pipeline call"
+        )
 
 
 def _to_cpu(x: torch.Tensor) -> torch.Tensor:

@@ -93,27 +93,44 @@ if HAVE_TRITON:
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
             p = tl.where(s_ok[None, :], p, 0.0)
-            lsum = lsum * alpha + tl.sum(p, axis=1)
+            rowsum = tl.sum(p, axis=1)
+            lsum = lsum * alpha + rowsum
             ps = ps * alpha + tl.sum(tl.where(s_ok[None, :], p * s, 0.0), axis=1)
-            g0 = g0 * alpha + tl.sum(tl.where(seg[None, :] == 0, p, 0.0), axis=1)
-            g1 = g1 * alpha + tl.sum(tl.where(seg[None, :] == 1, p, 0.0), axis=1)
-            g2 = g2 * alpha + tl.sum(tl.where(seg[None, :] == 2, p, 0.0), axis=1)
-            g3 = g3 * alpha + tl.sum(tl.where(seg[None, :] == 3, p, 0.0), axis=1)
-            g4 = g4 * alpha + tl.sum(tl.where(seg[None, :] == 4, p, 0.0), axis=1)
+            g0 = g0 * alpha
+            g1 = g1 * alpha
+            g2 = g2 * alpha
+            g3 = g3 * alpha
+            g4 = g4 * alpha
+            # packed segments are contiguous runs: most key blocks lie in one segment and need no extra reduction
+            seg_lo = tl.min(tl.where(s_ok, seg, 127))
+            seg_hi = tl.max(tl.where(s_ok, seg, -127))
+            if seg_lo == seg_hi:
+                g0 += tl.where(seg_lo == 0, rowsum, 0.0)
+                g1 += tl.where(seg_lo == 1, rowsum, 0.0)
+                g2 += tl.where(seg_lo == 2, rowsum, 0.0)
+                g3 += tl.where(seg_lo == 3, rowsum, 0.0)
+                g4 += tl.where(seg_lo == 4, rowsum, 0.0)
+            else:
+                g0 += tl.sum(tl.where(seg[None, :] == 0, p, 0.0), axis=1)
+                g1 += tl.sum(tl.where(seg[None, :] == 1, p, 0.0), axis=1)
+                g2 += tl.sum(tl.where(seg[None, :] == 2, p, 0.0), axis=1)
+                g3 += tl.sum(tl.where(seg[None, :] == 3, p, 0.0), axis=1)
+                g4 += tl.sum(tl.where(seg[None, :] == 4, p, 0.0), axis=1)
             m = m_new
-            # lyric keys only
-            in_l = lid[None, :] >= 0
-            sl = tl.where(in_l, s, neg_inf)
-            bmax_l = tl.max(sl, axis=1)
-            bpos_l = tl.argmax(sl, axis=1).to(tl.int32)
-            bidx_l = tl.sum(tl.where(tl.arange(0, BLOCK_S)[None, :] == bpos_l[:, None], lid[None, :], 0), axis=1)
-            aml = tl.where(bmax_l > ml, bidx_l, aml)
-            ml_new = tl.maximum(ml, bmax_l)
-            alpha_l = tl.where(ml_new == neg_inf, 1.0, tl.exp(ml - ml_new))
-            pl = tl.where(in_l, tl.exp(sl - ml_new[:, None]), 0.0)
-            ll = ll * alpha_l + tl.sum(pl, axis=1)
-            psl = psl * alpha_l + tl.sum(tl.where(in_l, pl * s, 0.0), axis=1)
-            ml = ml_new
+            # lyric keys only (skipped for blocks without any)
+            if tl.max(lid) >= 0:
+                in_l = lid[None, :] >= 0
+                sl = tl.where(in_l, s, neg_inf)
+                bmax_l = tl.max(sl, axis=1)
+                bpos_l = tl.argmax(sl, axis=1).to(tl.int32)
+                bidx_l = tl.sum(tl.where(tl.arange(0, BLOCK_S)[None, :] == bpos_l[:, None], lid[None, :], 0), axis=1)
+                aml = tl.where(bmax_l > ml, bidx_l, aml)
+                ml_new = tl.maximum(ml, bmax_l)
+                alpha_l = tl.where(ml_new == neg_inf, 1.0, tl.exp(ml - ml_new))
+                pl = tl.where(in_l, tl.exp(sl - ml_new[:, None]), 0.0)
+                ll = ll * alpha_l + tl.sum(pl, axis=1)
+                psl = psl * alpha_l + tl.sum(tl.where(in_l, pl * s, 0.0), axis=1)
+                ml = ml_new
         n_l = tl.load(nlyr_ptr + b)
         inv_l = 1.0 / lsum
         ent = (tl.log(lsum) + m - ps * inv_l) * inv_log_s
@@ -148,6 +165,7 @@ def reduce_fused(
     out: dict[str, torch.Tensor] | None = None,
     block_t: int = 64,
     block_s: int = 64,
+    num_warps: int = 4,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics with the fused kernel.
 
@@ -180,6 +198,6 @@ def reduce_fused(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         seg_codes.stride(0), lyric_index.stride(0),
         ent.stride(0), ent.stride(1),
-        D=D, BLOCK_T=block_t, BLOCK_S=block_s, IEEE=q.dtype == torch.float32,
+        D=D, BLOCK_T=block_t, BLOCK_S=block_s, IEEE=q.dtype == torch.float32, num_warps=num_warps,
     )  # fmt: skip
     return out

@@ -192,6 +192,13 @@ def test_save_load_roundtrip(task: TinySongs, tmp_path):
         TinySongs.load(tmp_path / "bad.safetensors")
 
 
+def test_clip_length_follows_the_pipeline():
+    # AceStepPipeline: latent_length = ceil(audio_duration * 25)
+    assert [TinySongs(duration_s=d).n_frames for d in (4.0, 4.01, 4.04, 10.0)] == [100, 101, 101, 250]
+    ex = TinySongs(duration_s=6.0, n_words_range=(8, 8)).make_dataset(1)[0]
+    assert ex["latents"].shape == (150, 8) and len(ex["words"]) == 8
+
+
 def test_bad_input_is_refused(task: TinySongs):
     with pytest.raises(ValueError, match="cannot hold"):
         TinySongs(duration_s=0.5)

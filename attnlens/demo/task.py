@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zlib
@@ -203,7 +204,8 @@ class TinySongs:
         if not duration_s > 0:
             raise ValueError(f"duration_s must be > 0, got {duration_s}")
         self.duration_s = float(duration_s)
-        self.n_frames = _round_half_up(self.duration_s * LATENT_FRAME_RATE)
+        # as the pipeline does: ceil(duration * 25) latent frames (rounded first against float noise)
+        self.n_frames = math.ceil(round(self.duration_s * LATENT_FRAME_RATE, 6))
         self.words = list(words)
         self.voice_names = list(voices)
         self.extras = list(extras)

@@ -126,9 +126,10 @@ def _segment_costs(
 
     x [T, C] (C-contiguous), sil [V, T], bank [V, K, maxd * C] coloured flat templates (zero padded),
     norms/corr [V, K] (``||G||^2`` and ``<tiled offset, G>``), durs/pens [K]; ks [M] templates to score,
-    slot [M] the output column of each; voices [U] the voice rows to score (output row u is voices[u]). For template k of duration d ending at t, with
-    dot = <X[t-d:t], G_k> - corr_k = <Y[t-d:t], G_k> and a = clip(dot / norm_k, lo, hi):
-    cost = sum(sil[t-d:t]) - 2 a dot + a^2 norm_k + pen_k. Returns (seg [V, T + 1, n_slots], arg).
+    slot [M] the output column of each; voices [U] the voice rows to score (output row u is voices[u]).
+    For template k of duration d ending at t, with dot = <X[t-d:t], G_k> - corr_k = <Y[t-d:t], G_k> and
+    a = clip(dot / norm_k, lo, hi): cost = sum(sil[t-d:t]) - 2 a dot + a^2 norm_k + pen_k.
+    Returns (seg [U, T + 1, n_slots], arg [U, T + 1, n_slots]); arg is -1 where no template fits.
     """
     n, c = x.shape
     n_voices = voices.shape[0]

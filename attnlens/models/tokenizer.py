@@ -47,12 +47,14 @@ walking morning road soft notes lift joy
 
 
 def corpus_words() -> list[str]:
-    """The built-in training word list (lowercase and capitalized forms)."""
-    words = sorted(set(_WORDS.split()))
+    """The built-in training word list (lowercase and capitalized forms), the demo model's words included."""
+    from attnlens.demo.vocab import DEMO_WORDS
+
+    words = sorted(set(_WORDS.split()) | set(DEMO_WORDS))
     return words + [w.capitalize() for w in words]
 
 
-def train_tokenizer(path: str | Path | None = None, vocab_size: int = 2048):
+def train_tokenizer(path: str | Path | None = None, vocab_size: int = 4096):
     """Train the byte-level BPE on the built-in word list; write it to ``path`` if given. Returns a
     ``tokenizers.Tokenizer``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -70,7 +72,7 @@ def train_tokenizer(path: str | Path | None = None, vocab_size: int = 2048):
     )
     words = corpus_words()
     # every word with and without a leading space, several times, so that whole words become merges
-    lines = [" ".join(words)] * 4 + ["\n".join(words)] * 2 + [f"[{w}]" for w in ("verse", "chorus", "bridge")]
+    lines = [" ".join(words)] * 4 + ["\n".join(words)] * 4 + [f"[{w}]" for w in ("verse", "chorus", "bridge")]
     tok.train_from_iterator(lines, trainer=trainer)
     if path is not None:
         tok.save(str(path))

@@ -9,7 +9,8 @@ keys, or the sung lyric tokens ``L``) and ``p = softmax(s)`` over ``K``::
 
 :class:`_EntropyFn` evaluates ``H`` with the identity above and its gradient with the closed form, chunk by
 chunk over frames, recomputing ``s`` and ``p`` in the backward pass: only ``q`` and ``k`` are saved (the same
-tensors the model's attention already keeps), never ``P``. Arithmetic is fp32 (fp64 for fp64 inputs).
+tensors the model's attention already keeps), never ``P``. Products ``q·k`` run in the inputs' dtype (bf16/fp16
+with fp32 accumulation, as the attention kernel; fp32; fp64), softmax and entropy in fp32 (fp64 for fp64).
 
 Grouped-query attention: query head ``h`` reads KV head ``h // (H / KVH)``; keys are never expanded.
 
@@ -31,7 +32,7 @@ from ..taps.hooks import HookSet
 
 KeysMode = Literal["all", "lyrics"]
 
-DEFAULT_CHUNK_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES = 256 << 20
 
 
 def _chunk_frames(B: int, H: int, S: int, T: int, itemsize: int, budget: int) -> int:
@@ -39,19 +40,28 @@ def _chunk_frames(B: int, H: int, S: int, T: int, itemsize: int, budget: int) ->
     return max(1, min(T, budget // per_frame))
 
 
-def _logits(qc: torch.Tensor, k: torch.Tensor, scale: float, kmask: torch.Tensor | None) -> torch.Tensor:
-    """qc ``[B, KVH, G, c, D]``, k ``[B, KVH, S, D]`` -> masked logits ``[B, KVH, G, c, S]``."""
-    s = torch.einsum("bngtd,bnsd->bngts", qc, k) * scale
+def _dtypes(x: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(matmul dtype, softmax dtype): bf16/fp16 inputs multiply in their own dtype (fp32 accumulation, as the
+    attention kernel does) and take the softmax in fp32; fp32 stays fp32, fp64 stays fp64."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return x.dtype, torch.float32
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return work, work
+
+
+def _logits(qc: torch.Tensor, k: torch.Tensor, scale: float, kmask: torch.Tensor | None, work) -> torch.Tensor:
+    """qc ``[B, KVH, G, c, D]``, k ``[B, KVH, S, D]`` -> masked logits ``[B, KVH, G, c, S]`` in ``work``."""
+    s = torch.matmul(qc, k.transpose(-1, -2)[:, :, None]).to(work) * scale
     if kmask is not None:
         s = s.masked_fill(~kmask[:, None, None, None, :], float("-inf"))
     return s
 
 
-def _entropy_of_logits(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _entropy_of_logits(s: torch.Tensor, masked: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(H, p, s_zeroed)`` for logits ``s`` (``-inf`` = key left out); ``H = lse - Σ p s``."""
     lse = torch.logsumexp(s, dim=-1, keepdim=True)
     p = torch.exp(s - lse)
-    s0 = torch.where(torch.isfinite(s), s, torch.zeros_like(s))  # p = 0 there; avoid 0 * -inf
+    s0 = torch.where(torch.isfinite(s), s, torch.zeros_like(s)) if masked else s  # p = 0 there; avoid 0 · -inf
     h = lse.squeeze(-1) - (p * s0).sum(-1)
     return h, p, s0
 
@@ -63,13 +73,14 @@ class _EntropyFn(torch.autograd.Function):
     def forward(ctx, q, k, kmask, scale, kv_heads, chunk):  # q [B,T,H,D], k [B,S,KVH,D], kmask [B,S] | None
         B, T, H, D = q.shape
         G = H // kv_heads
-        work = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qg = q.to(work).permute(0, 2, 1, 3).reshape(B, kv_heads, G, T, D)
-        kg = k.to(work).permute(0, 2, 1, 3)  # [B, KVH, S, D]
-        out = torch.empty(B, kv_heads, G, T, dtype=work, device=q.device)
-        for t0 in range(0, T, chunk):
-            s = _logits(qg[:, :, :, t0 : t0 + chunk], kg, scale, kmask)
-            out[..., t0 : t0 + chunk] = _entropy_of_logits(s)[0]
+        mm, work = _dtypes(q)
+        with torch.autocast(q.device.type, enabled=False):
+            qg = q.to(mm).permute(0, 2, 1, 3).reshape(B, kv_heads, G, T, D)
+            kg = k.to(mm).permute(0, 2, 1, 3)  # [B, KVH, S, D]
+            out = torch.empty(B, kv_heads, G, T, dtype=work, device=q.device)
+            for t0 in range(0, T, chunk):
+                s = _logits(qg[:, :, :, t0 : t0 + chunk], kg, scale, kmask, work)
+                out[..., t0 : t0 + chunk] = _entropy_of_logits(s, kmask is not None)[0]
         ctx.save_for_backward(q, k, kmask if kmask is not None else torch.empty(0))
         ctx.has_mask = kmask is not None
         ctx.scale, ctx.kv_heads, ctx.chunk = scale, kv_heads, chunk
@@ -82,22 +93,23 @@ class _EntropyFn(torch.autograd.Function):
         B, T, H, D = q.shape
         n, chunk, scale = ctx.kv_heads, ctx.chunk, ctx.scale
         G = H // n
-        work = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qg = q.to(work).permute(0, 2, 1, 3).reshape(B, n, G, T, D)
-        kg = k.to(work).permute(0, 2, 1, 3)
-        go = grad_out.to(work).reshape(B, n, G, T)
-        gq = torch.zeros_like(qg) if ctx.needs_input_grad[0] else None
-        gk = torch.zeros_like(kg) if ctx.needs_input_grad[1] else None
-        for t0 in range(0, T, chunk):
-            qc = qg[:, :, :, t0 : t0 + chunk]
-            s = _logits(qc, kg, scale, kmask)
-            _, p, s0 = _entropy_of_logits(s)
-            mean_s = (p * s0).sum(-1, keepdim=True)
-            gs = -p * (s0 - mean_s) * go[..., t0 : t0 + chunk, None]  # dL/ds [B, n, G, c, S]
-            if gq is not None:
-                gq[:, :, :, t0 : t0 + chunk] = torch.einsum("bngts,bnsd->bngtd", gs, kg) * scale
-            if gk is not None:
-                gk += torch.einsum("bngts,bngtd->bnsd", gs, qc) * scale
+        mm, work = _dtypes(q)
+        with torch.autocast(q.device.type, enabled=False):
+            qg = q.to(mm).permute(0, 2, 1, 3).reshape(B, n, G, T, D)
+            kg = k.to(mm).permute(0, 2, 1, 3)
+            go = grad_out.to(work).reshape(B, n, G, T)
+            gq = torch.zeros(qg.shape, dtype=work, device=q.device) if ctx.needs_input_grad[0] else None
+            gk = torch.zeros(kg.shape, dtype=work, device=q.device) if ctx.needs_input_grad[1] else None
+            for t0 in range(0, T, chunk):
+                qc = qg[:, :, :, t0 : t0 + chunk]
+                s = _logits(qc, kg, scale, kmask, work)
+                _, p, s0 = _entropy_of_logits(s, kmask is not None)
+                mean_s = (p * s0).sum(-1, keepdim=True)
+                gs = (-p * (s0 - mean_s) * go[..., t0 : t0 + chunk, None]).to(mm)  # dL/ds [B, n, G, c, S]
+                if gq is not None:
+                    gq[:, :, :, t0 : t0 + chunk] = torch.matmul(gs, kg[:, :, None]).to(work) * scale
+                if gk is not None:
+                    gk += torch.matmul(gs.transpose(-1, -2), qc).sum(2).to(work) * scale
         if gq is not None:
             gq = gq.reshape(B, H, T, D).permute(0, 2, 1, 3).to(q.dtype)
         if gk is not None:
@@ -153,7 +165,7 @@ def attention_entropy(
             key_mask = None
     elif S < 2:
         raise ValueError(f"entropy needs at least 2 keys; got S={S}")
-    work_size = 8 if q.dtype == torch.float64 else 4
+    work_size = 8 if q.dtype == torch.float64 else 4  # softmax temporaries are fp32 (fp64 for fp64 inputs)
     chunk = _chunk_frames(B, H, S, T, work_size, chunk_bytes)
     h = _EntropyFn.apply(q, k, key_mask, float(scale), int(k.shape[2]), chunk)
     if not normalize:
@@ -208,7 +220,8 @@ class EntropyTap:
     all removed when the block ends. ``keys="lyrics"`` renormalizes over the sung lyric tokens of every batch item
     (``lyric_positions``: per item, packed key positions, e.g. ``layout[b].lyric_positions()``); ``keys="all"``
     takes every packed key (normalized by ``log S``). If the transformer recomputes layers (gradient
-    checkpointing), only the first evaluation of a layer in a forward call is recorded.
+    checkpointing), only the first evaluation of a layer in a forward call is recorded. ``impl="naive"``
+    materializes the attention map instead (a reference for tests and benchmarks).
     """
 
     def __init__(
@@ -218,7 +231,11 @@ class EntropyTap:
         layers: Sequence[int] | None = None,
         lyric_positions: Sequence[Sequence[int]] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        impl: Literal["recompute", "naive"] = "recompute",
     ):
+        if impl not in ("recompute", "naive"):
+            raise ValueError(f"impl must be 'recompute' or 'naive'; got {impl!r}")
+        self.impl = impl
         if keys not in ("all", "lyrics"):
             raise ValueError(f"keys must be 'all' or 'lyrics'; got {keys!r}")
         if keys == "lyrics" and lyric_positions is None:
@@ -280,7 +297,10 @@ class EntropyTap:
                         )
                     self._mask = lyric_key_mask(self.lyric_positions, S, device=output.device)
                 mask = self._mask
-            h = attention_entropy(q, output, self.adapter.facts.scale, key_mask=mask, chunk_bytes=self.chunk_bytes)
+            if self.impl == "naive":  # reference: materializes P and keeps it for backward
+                h = attention_entropy_naive(q, output, self.adapter.facts.scale, key_mask=mask)
+            else:
+                h = attention_entropy(q, output, self.adapter.facts.scale, key_mask=mask, chunk_bytes=self.chunk_bytes)
             self.values[layer] = h.mean()
 
         on_key.__qualname__ = f"entropy_tap.key[{layer}]"

@@ -1,0 +1,180 @@
+"""Cost of the attention-entropy penalty in a LoRA training step.
+
+Full-size ACE-Step DiT config (24 blocks, hidden 2048, 16 query / 8 KV heads of 128; random weights), one clip of
+``--audio-s`` seconds (30 s: 750 latent frames, 375 DiT frames), 769 packed keys of which 29 are sung lyric
+tokens, batch 1, LoRA r=8 on self+cross to_q/to_k/to_v/to_out.0, AdamW. bf16 on CUDA.
+
+Cases (forward + flow-matching loss + backward + optimizer step):
+
+    lora_step                        plain LoRA step (the baseline)
+    lora_step_entropy_all_keys       + λ · mean normalized entropy over all 769 keys (recomputed, P never stored)
+    lora_step_entropy_lyrics         + λ · lyric-only entropy (29 sung tokens)
+    lora_step_entropy_naive          + entropy from materialized softmax maps kept for backward (reference)
+
+Prints one JSON line per case, e.g. {"case": "lora_step_entropy_all_keys", "audio_s": 30, "time_ratio": ...,
+"mem_ratio": ...}; ratios are against ``lora_step`` on the same device. ``--small`` runs a small config on the
+CPU to check the script; CPU peak memory is not measured (reported as null).
+
+    python benchmarks/bench_train.py --small
+    python benchmarks/bench_train.py --out benchmarks/results        # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import attnlens.captures  # noqa: E402,F401  (import order)
+from attnlens.reducers.differentiable import EntropyTap  # noqa: E402
+from attnlens.train.lora import LoraConfig, add_lora, lora_parameters  # noqa: E402
+
+CASES = ("lora_step", "lora_step_entropy_all_keys", "lora_step_entropy_lyrics", "lora_step_entropy_naive")
+
+
+def build(small: bool, device: str, dtype: torch.dtype):
+    from diffusers.models.transformers.ace_step_transformer import AceStepTransformer1DModel
+
+    torch.manual_seed(0)
+    if small:
+        cfg = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=16,
+                   num_key_value_heads=8, head_dim=16, in_channels=24, audio_acoustic_hidden_dim=8, sliding_window=16)  # fmt: skip
+    else:
+        cfg = {}
+    with torch.device(device):
+        tr = AceStepTransformer1DModel(**cfg)
+    tr.to(dtype)
+    add_lora(tr, LoraConfig(rank=8, alpha=16), name="bench", seed=0)
+    params = list(lora_parameters(tr, "bench").values())
+    for p in params:
+        p.data = p.data.float()
+    tr.train()
+    return tr, params
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="small config (CPU check)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--audio-s", type=float, default=30.0)
+    ap.add_argument("--keys", type=int, default=769, help="packed encoder keys")
+    ap.add_argument("--lyric-tokens", type=int, default=29)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--weight", type=float, default=0.02, help="entropy weight λ")
+    ap.add_argument("--out", default=None, help="folder for train_<device>.json")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if args.small:
+        args.audio_s = min(args.audio_s, 4.0)
+        args.keys = min(args.keys, 120)
+        args.iters, args.warmup = min(args.iters, 3), min(args.warmup, 1)
+    tr, params = build(args.small, args.device, dtype)
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    C = tr.config.audio_acoustic_hidden_dim
+    T = math.ceil(args.audio_s * 25)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, T, C, generator=g).to(dev, dtype)
+    noise = torch.randn(1, T, C, generator=g).to(dev, dtype)
+    ehs = torch.randn(1, args.keys, tr.config.hidden_size, generator=g).to(dev, dtype)
+    ctx = torch.randn(1, T, 2 * C, generator=g).to(dev, dtype)
+    t = torch.full((1,), 0.75, device=dev, dtype=dtype)
+    xt = t * noise + (1 - t) * x0
+    lyric_pos = [list(range(8, 8 + args.lyric_tokens))]  # header tokens first, as the packing puts them
+
+    def step(case: str) -> None:
+        tap = None
+        if case == "lora_step_entropy_all_keys":
+            tap = EntropyTap(tr, keys="all")
+        elif case == "lora_step_entropy_lyrics":
+            tap = EntropyTap(tr, keys="lyrics", lyric_positions=lyric_pos)
+        elif case == "lora_step_entropy_naive":
+            tap = EntropyTap(tr, keys="all", impl="naive")
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            if tap is not None:
+                tap.__enter__()
+            try:
+                pred = tr(hidden_states=xt, timestep=t, timestep_r=t, encoder_hidden_states=ehs,
+                          context_latents=ctx, return_dict=False)[0]  # fmt: skip
+                loss = torch.mean((pred.float() - (noise - x0).float()) ** 2)
+                if tap is not None:
+                    loss = loss + args.weight * tap.mean().float()
+            finally:
+                if tap is not None:
+                    tap.__exit__(None, None, None)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    results = {}
+    for case in CASES:
+        for _ in range(args.warmup):
+            step(case)
+        sync()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = []
+        for _ in range(args.iters):
+            sync()
+            t0 = time.perf_counter()
+            step(case)
+            sync()
+            times.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
+        results[case] = {"time_s": statistics.median(times), "peak_gib": peak}
+    base = results["lora_step"]
+    device_name = torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})"
+    rows = []
+    for case in CASES:
+        r = results[case]
+        row = {
+            "case": case,
+            "audio_s": args.audio_s,
+            "dit_frames": math.ceil(T / 2),
+            "keys": args.keys,
+            "lyric_tokens": args.lyric_tokens,
+            "time_s": round(r["time_s"], 5),
+            "peak_gib": None if r["peak_gib"] is None else round(r["peak_gib"], 4),
+            "time_ratio": round(r["time_s"] / base["time_s"], 4),
+            "mem_ratio": None if r["peak_gib"] is None else round(r["peak_gib"] / base["peak_gib"], 4),
+            "device": device_name,
+            "dtype": str(dtype).replace("torch.", ""),
+            "config": "small" if args.small else "full",
+            "iters": args.iters,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        tag = "cuda" if cuda else "cpu"
+        if cuda:
+            tag = "cuda_" + "".join(ch if ch.isalnum() else "_" for ch in device_name).strip("_").lower()
+        path = os.path.join(args.out, f"train_{tag}{'_small' if args.small else ''}.json")
+        payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "rows": rows}
+        fd, tmp = tempfile.mkstemp(dir=args.out, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

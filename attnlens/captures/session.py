@@ -137,6 +137,8 @@ class CaptureSession:
         self._t_pending: dict[int, torch.Tensor] = {}
         self._pending_copies = False
         self._host: dict[str, torch.Tensor] | None = None
+        self._fused: bool | None = None
+        self._done: set[tuple[int, int]] = set()
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
         self._q_index = torch.tensor(self.heads, dtype=torch.long, device=dev)
@@ -187,6 +189,7 @@ class CaptureSession:
         self._maps.clear()
         self._map_sum.clear()
         self._step_bufs = []
+        self._done = set()
         self._t_pending = {}
         self._host = None
         self._layout_cache = None
@@ -342,35 +345,44 @@ class CaptureSession:
             )
         return ok
 
-    @torch.no_grad()
     def _reduce(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
         li = self._layer_pos[layer]
-        if self._use_fused(q):
-            self.capture.meta["reducer"] = "fused"
+        if self._fused is None:
+            self._fused = self._use_fused(q)
+            self.capture.meta["reducer"] = "fused" if self._fused else "reference"
+        if self._fused:
             if len(self._step_bufs) <= self._step_pos:
                 self._new_step_buffers(q)
-            bufs = self._step_bufs[self._step_pos]
             _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
+            f = self.adapter.facts
             reduce_fused(
-                q.detach(),
-                k.detach(),
-                self.adapter.facts.scale,
+                q,
+                k,
+                f.scale,
                 self._heads_i32,
-                self.adapter.facts.group,
+                f.group,
                 seg32,
                 lidx32,
                 nl32,
-                out={name: buf[li] for name, buf in bufs.items()},
+                out=self._step_bufs[self._step_pos],
+                slot=li,
             )
-            self._parts[(self._step_pos, li)] = bufs  # marks (step, layer) as done
+            self._done.add((self._step_pos, li))
             return
-        self.capture.meta["reducer"] = "reference"
         _, onehot, lyr_index, n_lyric = self._layout_cache[:4]
-        qs = q.detach().index_select(2, self._q_index.to(q.device))  # [B, T, h, D]
         keep_maps = self.maps_mode is not False
-        stats, maps = reduce_reference(
-            qs, k.detach(), self.adapter.facts.scale, self._kv_index.to(q.device), onehot, lyr_index, n_lyric, keep_maps
-        )
+        with torch.no_grad():
+            qs = q.detach().index_select(2, self._q_index.to(q.device))  # [B, T, h, D]
+            stats, maps = reduce_reference(
+                qs,
+                k.detach(),
+                self.adapter.facts.scale,
+                self._kv_index.to(q.device),
+                onehot,
+                lyr_index,
+                n_lyric,
+                keep_maps,
+            )
         if self.keep_stats:
             self._parts[(self._step_pos, li)] = stats
         if maps is not None:
@@ -418,7 +430,9 @@ class CaptureSession:
                 stacklevel=3,
             )
             return
-        missing = [(s, li) for s in range(ns) for li in range(nl) if (s, li) not in self._parts]
+        missing = [
+            (s, li) for s in range(ns) for li in range(nl) if (s, li) not in self._parts and (s, li) not in self._done
+        ]
         if self.keep_stats and missing:
             raise CaptureError(
                 f"incomplete capture: no cross-attention seen for (step, layer) {missing[:4]}"

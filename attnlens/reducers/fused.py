@@ -37,14 +37,14 @@ def fused_available(q: torch.Tensor) -> bool:
 
 
 if HAVE_TRITON:
-
-    @triton.jit
+    # All tensors are contiguous: q [B, T, H, D], k [B, S, KVH, D], seg/lidx [B, S], outputs [..., B, h, T(, 5)]
+    # starting at element ``out_off`` (the layer's slot in a per-step buffer). Integer arguments are not
+    # specialized, so one compiled kernel serves every length (and launching it stays cheap).
+    @triton.jit(do_not_specialize=["out_off", "T", "S", "H", "KVH", "n_sel", "group"])
     def _stats_kernel(
         q_ptr, k_ptr, seg_ptr, lidx_ptr, nlyr_ptr, heads_ptr,
         ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
-        T, S, n_sel, group, scale, inv_log_s,
-        sqb, sqt, sqh, skb, sks, skh, ssb, slb,
-        so_b, so_h,
+        out_off, T, S, H, KVH, n_sel, group, scale, inv_log_s,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
@@ -53,10 +53,14 @@ if HAVE_TRITON:
         hs = pid_bh % n_sel
         h = tl.load(heads_ptr + hs)
         kvh = h // group
+        sqt = H * D
+        sqb = T * sqt
+        sks = KVH * D
+        skb = S * sks
         offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_d = tl.arange(0, D)
         t_ok = offs_t < T
-        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
+        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * D + offs_d[None, :], mask=t_ok[:, None], other=0.0)
         neg_inf = float("-inf")
         m = tl.full([BLOCK_T], neg_inf, tl.float32)
         lsum = tl.zeros([BLOCK_T], tl.float32)
@@ -75,7 +79,7 @@ if HAVE_TRITON:
             offs_s = s0 + tl.arange(0, BLOCK_S)
             s_ok = offs_s < S
             k = tl.load(
-                k_ptr + b * skb + offs_s[:, None] * sks + kvh * skh + offs_d[None, :], mask=s_ok[:, None], other=0.0
+                k_ptr + b * skb + offs_s[:, None] * sks + kvh * D + offs_d[None, :], mask=s_ok[:, None], other=0.0
             )
             if IEEE:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -83,8 +87,8 @@ if HAVE_TRITON:
                 s = tl.dot(q, tl.trans(k))
             s = s * scale
             s = tl.where(s_ok[None, :], s, neg_inf)
-            seg = tl.load(seg_ptr + b * ssb + offs_s, mask=s_ok, other=-1)
-            lid = tl.load(lidx_ptr + b * slb + offs_s, mask=s_ok, other=-1)
+            seg = tl.load(seg_ptr + b * S + offs_s, mask=s_ok, other=-1)
+            lid = tl.load(lidx_ptr + b * S + offs_s, mask=s_ok, other=-1)
             # all keys
             bmax = tl.max(s, axis=1)
             barg = tl.argmax(s, axis=1).to(tl.int32) + s0
@@ -140,7 +144,7 @@ if HAVE_TRITON:
         log_n = tl.log(tl.maximum(n_l, 2).to(tl.float32))
         ent_l = tl.where(n_l > 1, ent_l / log_n, 0.0)
         aml = tl.where(n_l > 0, aml, -1)
-        o = b * so_b + hs * so_h + offs_t
+        o = out_off + (b * n_sel + hs) * T + offs_t
         tl.store(ent_ptr + o, ent, mask=t_ok)
         tl.store(arg_ptr + o, am, mask=t_ok)
         tl.store(entl_ptr + o, ent_l, mask=t_ok)
@@ -163,6 +167,7 @@ def reduce_fused(
     lyric_index: torch.Tensor,
     n_lyric: torch.Tensor,
     out: dict[str, torch.Tensor] | None = None,
+    slot: int = 0,
     block_t: int = 64,
     block_s: int = 64,
     num_warps: int = 4,
@@ -170,11 +175,12 @@ def reduce_fused(
     """Per-frame statistics with the fused kernel.
 
     q: ``[B, T, H, D]`` (all heads; ``heads`` selects, int32 ``[h]``), k: ``[B, S, KVH, D]``, seg_codes and
-    lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Writes into ``out`` (tensors ``[B, h, T]`` and mass
-    ``[B, h, T, 5]``, contiguous) when given. Returns the same dict layout as the reference path.
+    lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Results go to ``out[name][slot]`` when ``out`` holds
+    contiguous buffers ``[n, B, h, T(, 5)]`` (a whole step's layers), else to new tensors ``[B, h, T(, 5)]``.
+    Returns the dict of output tensors.
     """
     B, T, H, D = q.shape
-    S = k.shape[1]
+    S, KVH = k.shape[1], k.shape[2]
     h = heads.numel()
     if out is None:
         dev = q.device
@@ -185,19 +191,16 @@ def reduce_fused(
             "entropy_lyric": torch.empty(B, h, T, device=dev, dtype=torch.float32),
             "lyric_argmax": torch.empty(B, h, T, device=dev, dtype=torch.int32),
         }
-    if q.stride(-1) != 1:
+        slot = 0
+    if not q.is_contiguous():
         q = q.contiguous()
-    if k.stride(-1) != 1:
+    if not k.is_contiguous():
         k = k.contiguous()
-    ent = out["entropy"]
-    grid = (triton.cdiv(T, block_t), B * h)
+    grid = ((T + block_t - 1) // block_t, B * h)
     _stats_kernel[grid](
         q, k, seg_codes, lyric_index, n_lyric, heads,
-        ent, out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-        T, S, h, group, float(scale), 1.0 / math.log(S) if S > 1 else 0.0,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        seg_codes.stride(0), lyric_index.stride(0),
-        ent.stride(0), ent.stride(1),
+        out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
+        slot * B * h * T, T, S, H, KVH, h, group, float(scale), 1.0 / math.log(S) if S > 1 else 0.0,
         D=D, BLOCK_T=block_t, BLOCK_S=block_s, IEEE=q.dtype == torch.float32, num_warps=num_warps,
     )  # fmt: skip
     return out

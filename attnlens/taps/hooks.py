@@ -18,6 +18,14 @@ class HookSet:
         self.handles: list[RemovableHandle] = []
 
     def _mark(self, fn: Callable) -> Callable:
+        try:  # plain functions carry the mark themselves (no extra call layer on the hot path)
+            setattr(fn, ATTNLENS_MARK, True)
+            if "attnlens" not in getattr(fn, "__qualname__", ""):
+                fn.__qualname__ = f"attnlens:{fn.__qualname__}"
+            return fn
+        except AttributeError:  # bound methods: wrap
+            pass
+
         def hook(*args: Any, **kwargs: Any) -> Any:
             return fn(*args, **kwargs)
 

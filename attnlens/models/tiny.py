@@ -98,7 +98,7 @@ def build_components(config: TinyConfig | None = None, seed: int = 0) -> dict:
         with warnings.catch_warnings():  # diffusers' Oobleck still uses the deprecated weight_norm helper
             warnings.simplefilter("ignore", FutureWarning)
             vae = AutoencoderOobleck(
-                encoder_hidden_size=c.vae_channels,
+                encoder_hidden_size=2 * c.acoustic_dim,  # the encoder emits mean and scale: 2 x latent channels
                 downsampling_ratios=[2, 4, 4, 6, 10],  # product 1920: 48 kHz / 1920 = 25 latents per second
                 channel_multiples=[1, 1, 1, 1, 1],
                 decoder_channels=c.vae_channels,

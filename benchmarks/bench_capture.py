@@ -77,7 +77,9 @@ def loop(model, inp):
 
 def layout_for(n_keys: int) -> ItemLayout:
     lyric, meta, timbre = 29, 24, 1
-    return ItemLayout.from_segment_lengths(lyric=lyric, lyric_meta=meta, timbre=timbre, caption=n_keys - lyric - meta - timbre)
+    return ItemLayout.from_segment_lengths(
+        lyric=lyric, lyric_meta=meta, timbre=timbre, caption=n_keys - lyric - meta - timbre
+    )
 
 
 def run_case(case: str, model, inp, layout, device: str):
@@ -186,8 +188,12 @@ def main() -> None:
     doc = {
         "device": dev_name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "cuda": torch.version.cuda, "attnlens": al.__version__},  # fmt: skip
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda,
+            "attnlens": al.__version__,
+        },  # fmt: skip
         "config": {"dtype": args.dtype, "keys": args.keys, "small": args.small, "batch": 1, "steps": 8},
         "results": results,
     }

@@ -56,15 +56,20 @@ def test_capture_fused_equals_reference_on_a_transformer():
         context_latents=torch.randn(B, T, 16, generator=g),
     )
     layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
-    caps = {}
-    for red in ("reference", "fused"):
-        with al.capture(tr, layers=[1], heads=[0, 7, 15], layout=layout, reducer=red) as cap, torch.no_grad():
-            tr(**kw)
-        caps[red] = cap
-    assert caps["fused"].meta["reducer"] == "fused" and caps["reference"].meta["reducer"] == "reference"
-    for name, ref in caps["reference"].stats.items():
-        got = caps["fused"].stats[name]
-        if ref.dtype.is_floating_point:
-            assert torch.allclose(got, ref, atol=5e-6), name
-        else:
-            assert torch.equal(got, ref), name
+    for layers, budget in (([1], 128 << 20), (None, 128 << 20), (None, 0)):  # one layer; layers batched; per layer
+        caps = {}
+        for red in ("reference", "fused"):
+            session = al.capture(tr, layers=layers, heads=[0, 7, 15], layout=layout, reducer=red)
+            session.stash_budget_bytes = budget
+            with session as cap, torch.no_grad():
+                tr(**kw)
+            caps[red] = cap
+            if red == "fused":
+                assert session._batch_layers == (layers is None and budget > 0)
+        assert caps["fused"].meta["reducer"] == "fused" and caps["reference"].meta["reducer"] == "reference"
+        for name, ref in caps["reference"].stats.items():
+            got = caps["fused"].stats[name]
+            if ref.dtype.is_floating_point:
+                assert torch.allclose(got, ref, atol=5e-6), (name, layers, budget)
+            else:
+                assert torch.equal(got, ref), (name, layers, budget)

@@ -139,6 +139,9 @@ class CaptureSession:
         self._host: dict[str, torch.Tensor] | None = None
         self._fused: bool | None = None
         self._done: set[tuple[int, int]] = set()
+        self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._batch_layers = False
+        self.stash_budget_bytes = 128 << 20
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
         self._q_index = torch.tensor(self.heads, dtype=torch.long, device=dev)
@@ -189,6 +192,7 @@ class CaptureSession:
         self._maps.clear()
         self._map_sum.clear()
         self._step_bufs = []
+        self._stash = {}
         self._done = set()
         self._t_pending = {}
         self._host = None
@@ -238,6 +242,7 @@ class CaptureSession:
         self._prepare_layout(args, kwargs)
 
     def _on_step_end(self, module, args, output):
+        self._stash.clear()  # a step that raised midway leaves a partial stash: never carried into the next
         if self._active and self._step_bufs and len(self._step_bufs) > self._step_pos:
             self._offload_step(self._step_pos)
         self._active = False
@@ -353,20 +358,16 @@ class CaptureSession:
         if self._fused:
             if len(self._step_bufs) <= self._step_pos:
                 self._new_step_buffers(q)
+                self._batch_layers = self._stash_fits(q, k)
+            if self._batch_layers:  # short clips: one launch per step for all layers (launch-bound regime)
+                self._stash[li] = (q.detach(), k.detach())
+                if len(self._stash) == len(self.layers):
+                    self._flush_stash()
+                return
             _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
             f = self.adapter.facts
-            reduce_fused(
-                q,
-                k,
-                f.scale,
-                self._heads_i32,
-                f.group,
-                seg32,
-                lidx32,
-                nl32,
-                out=self._step_bufs[self._step_pos],
-                slot=li,
-            )
+            out = self._step_bufs[self._step_pos]
+            reduce_fused(q, k, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=out, slot=li)
             self._done.add((self._step_pos, li))
             return
         _, onehot, lyr_index, n_lyric = self._layout_cache[:4]
@@ -395,6 +396,22 @@ class CaptureSession:
                     self._map_count += 1
             else:
                 self._maps[(self._step_pos, li)] = _to_cpu(maps)
+
+    def _stash_fits(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """Batch all layers of a step into one launch when holding their Q/K costs little memory."""
+        nbytes = len(self.layers) * (q.numel() + k.numel()) * q.element_size()
+        return len(self.layers) > 1 and nbytes <= self.stash_budget_bytes
+
+    def _flush_stash(self) -> None:
+        _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
+        f = self.adapter.facts
+        qs = torch.stack([self._stash[i][0] for i in range(len(self.layers))])  # [L, B, T, H, D]
+        ks = torch.stack([self._stash[i][1] for i in range(len(self.layers))])  # [L, B, S, KVH, D]
+        self._stash.clear()
+        reduce_fused(
+            qs, ks, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=self._step_bufs[self._step_pos]
+        )
+        self._done.update((self._step_pos, i) for i in range(len(self.layers)))
 
     def _new_step_buffers(self, q: torch.Tensor) -> None:
         """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer."""

@@ -40,15 +40,19 @@ if HAVE_TRITON:
     # All tensors are contiguous: q [B, T, H, D], k [B, S, KVH, D], seg/lidx [B, S], outputs [..., B, h, T(, 5)]
     # starting at element ``out_off`` (the layer's slot in a per-step buffer). Integer arguments are not
     # specialized, so one compiled kernel serves every length (and launching it stays cheap).
-    @triton.jit(do_not_specialize=["out_off", "T", "S", "H", "KVH", "n_sel", "group"])
+    @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "H", "KVH", "n_sel", "group"])
     def _stats_kernel(
         q_ptr, k_ptr, seg_ptr, lidx_ptr, nlyr_ptr, heads_ptr,
         ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
-        out_off, T, S, H, KVH, n_sel, group, scale, inv_log_s,
+        out_off, B, T, S, H, KVH, n_sel, group, scale, inv_log_s,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
+        pid_l = tl.program_id(2)  # layer within a batched call (0 for a single layer)
+        q_ptr += pid_l.to(tl.int64) * B * T * H * D
+        k_ptr += pid_l.to(tl.int64) * B * S * KVH * D
+        out_off += pid_l * B * n_sel * T
         b = pid_bh // n_sel
         hs = pid_bh % n_sel
         h = tl.load(heads_ptr + hs)
@@ -175,32 +179,34 @@ def reduce_fused(
     """Per-frame statistics with the fused kernel.
 
     q: ``[B, T, H, D]`` (all heads; ``heads`` selects, int32 ``[h]``), k: ``[B, S, KVH, D]``, seg_codes and
-    lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Results go to ``out[name][slot]`` when ``out`` holds
-    contiguous buffers ``[n, B, h, T(, 5)]`` (a whole step's layers), else to new tensors ``[B, h, T(, 5)]``.
-    Returns the dict of output tensors.
+    lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Several layers in one launch: q ``[L, B, T, H, D]`` and
+    k ``[L, B, S, KVH, D]``, written to slots ``slot .. slot + L - 1``. Results go to ``out[name][slot]`` when
+    ``out`` holds contiguous buffers ``[n, B, h, T(, 5)]`` (a whole step's layers), else to new tensors
+    ``[B, h, T(, 5)]``. Returns the dict of output tensors.
     """
-    B, T, H, D = q.shape
-    S, KVH = k.shape[1], k.shape[2]
+    n_layers = q.shape[0] if q.ndim == 5 else 1
+    B, T, H, D = q.shape[-4:]
+    S, KVH = k.shape[-3], k.shape[-2]
     h = heads.numel()
     if out is None:
-        dev = q.device
+        dev, lead = q.device, ((n_layers,) if q.ndim == 5 else ())
         out = {
-            "entropy": torch.empty(B, h, T, device=dev, dtype=torch.float32),
-            "mass": torch.empty(B, h, T, 5, device=dev, dtype=torch.float32),
-            "argmax": torch.empty(B, h, T, device=dev, dtype=torch.int32),
-            "entropy_lyric": torch.empty(B, h, T, device=dev, dtype=torch.float32),
-            "lyric_argmax": torch.empty(B, h, T, device=dev, dtype=torch.int32),
+            "entropy": torch.empty(*lead, B, h, T, device=dev, dtype=torch.float32),
+            "mass": torch.empty(*lead, B, h, T, 5, device=dev, dtype=torch.float32),
+            "argmax": torch.empty(*lead, B, h, T, device=dev, dtype=torch.int32),
+            "entropy_lyric": torch.empty(*lead, B, h, T, device=dev, dtype=torch.float32),
+            "lyric_argmax": torch.empty(*lead, B, h, T, device=dev, dtype=torch.int32),
         }
         slot = 0
     if not q.is_contiguous():
         q = q.contiguous()
     if not k.is_contiguous():
         k = k.contiguous()
-    grid = ((T + block_t - 1) // block_t, B * h)
+    grid = ((T + block_t - 1) // block_t, B * h, n_layers)
     _stats_kernel[grid](
         q, k, seg_codes, lyric_index, n_lyric, heads,
         out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-        slot * B * h * T, T, S, H, KVH, h, group, float(scale), 1.0 / math.log(S) if S > 1 else 0.0,
+        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), 1.0 / math.log(S) if S > 1 else 0.0,
         D=D, BLOCK_T=block_t, BLOCK_S=block_s, IEEE=q.dtype == torch.float32, num_warps=num_warps,
     )  # fmt: skip
     return out

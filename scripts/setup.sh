@@ -10,14 +10,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import attnlens, torch, diffusers, jiwer, whisper.normalizers, faster_whisper, playwright" 2>/dev/null; then
+if ! python -c "import attnlens, torch, diffusers, jiwer, whisper.normalizers, faster_whisper, playwright, triton" 2>/dev/null; then
   python -m pip install -q --upgrade pip
   # torch is pinned for development/CI only (the package itself accepts any torch >= 2.4)
   python -m pip install -q -c constraints/dev.txt "torch==2.13.0"
   python -m pip install -q -c constraints/dev.txt -e ".[dev]"
   # openai-whisper declares triton (a 1 GB wheel the CPU never uses): install it without its dependencies
-  python -m pip install -q -c constraints/dev.txt --no-deps "openai-whisper==20250625"
+  python -m pip install -q -c constraints/dev.txt --no-deps openai-whisper
   python -m pip install -q -c constraints/dev.txt more-itertools tiktoken playwright
+  # Triton runs the fused GPU kernel's tests in its CPU interpreter
+  python -m pip install -q -c constraints/dev.txt --no-deps triton
 fi
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   missing=""

@@ -26,6 +26,7 @@ _NAMES: dict[str, str] = {
     "lora_parameters": "lora",
     "save_adapter": "lora",
     "read_adapter": "lora",
+    "AdapterFileError": "lora",
     "delta_weights": "lora",
     "combine_adapters": "lora",
     "AudioLyricsDataset": "data",

@@ -246,21 +246,73 @@ def _weights_path(path: str) -> str:
     return path
 
 
+class AdapterFileError(ValueError):
+    """A file that is not a valid LoRA adapter (not safetensors, damaged, or holding tensors of the wrong shape)."""
+
+
+def _is_pickle(head: bytes) -> bool:
+    return head[:1] == b"\x80" or head[:2] == b"PK"  # pickle protocol 2+ / torch.save's zip container
+
+
 def read_adapter(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """State dict and peft config (dict) of a saved adapter (directory or ``.safetensors`` file)."""
+    """State dict and peft config (dict) of a saved adapter (directory or ``.safetensors`` file).
+
+    Only safetensors files are read (never a pickle). A file that is not one, is truncated, lacks the peft config,
+    or holds LoRA factors of the wrong shape raises :class:`AdapterFileError` naming the problem.
+    """
+    from safetensors import SafetensorError
+
     path = _weights_path(path)
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        sd = {k: f.get_tensor(k) for k in f.keys()}
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if _is_pickle(head):
+        raise AdapterFileError(
+            f"{path} looks like a pickle / torch.save file; attnlens never loads pickles (they can run code). "
+            f"Adapters are safetensors files ({WEIGHT_NAME})"
+        )
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise AdapterFileError(
+            f"{path} is not a readable safetensors file (truncated, damaged or of another format): {e}"
+        ) from None
     if METADATA_KEY not in meta:
-        raise ValueError(
+        raise AdapterFileError(
             f"{path} has no '{METADATA_KEY}' metadata: cannot tell its rank and alpha (save with al.train.save_adapter "
             "or diffusers' save_lora_adapter)"
         )
-    cfg = json.loads(meta[METADATA_KEY])
+    try:
+        cfg = json.loads(meta[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise AdapterFileError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise AdapterFileError(f"{path}: the '{METADATA_KEY}' metadata is {type(cfg).__name__}, expected an object")
     if any(k.startswith(f"{PREFIX}.") for k in cfg):
         cfg = {k.removeprefix(f"{PREFIX}."): v for k, v in cfg.items() if k.startswith(f"{PREFIX}.")}
+    _check_factors(sd, path)
     return sd, cfg
+
+
+def _check_factors(sd: Mapping[str, torch.Tensor], path: str) -> None:
+    """Every LoRA factor is a 2-D float matrix and each module's A ``[r, in]`` and B ``[out, r]`` share ``r``."""
+    rank: dict[str, dict[str, int]] = {}
+    for k, v in sd.items():
+        if v.ndim != 2 or not v.is_floating_point():
+            raise AdapterFileError(
+                f"{path}: tensor {k!r} has shape {tuple(v.shape)} {v.dtype}; LoRA factors are 2-D floats"
+            )
+        for part, dim in ((".lora_A.", 0), (".lora_B.", 1)):
+            if part in k:
+                rank.setdefault(k.split(part)[0], {})[part] = int(v.shape[dim])
+    bad = {m: r for m, r in rank.items() if len(set(r.values())) > 1}
+    if bad:
+        m, r = next(iter(bad.items()))
+        raise AdapterFileError(
+            f"{path}: LoRA factors of {m} disagree on the rank (A has {r.get('.lora_A.')} rows, B "
+            f"{r.get('.lora_B.')} columns)"
+        )
 
 
 def _factors(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -18,12 +18,13 @@ from .asr import Transcriber, Transcription, Word, resample_to_16k
 from .report import build_summary, write_report
 from .runner import Variant, merge, parse_variants, run
 from .stats import Winners, bootstrap_mean_ci, compare, headline_table, summarize, winners
-from .store import read_results
+from .store import ResultsFileError, read_results
 from .suite import PromptEntry, Suite, SuiteError
 from .text import cer, error_rates, is_non_speech, lyrics_to_reference, normalize_text, wer
 
 __all__ = [
     "PromptEntry",
+    "ResultsFileError",
     "Suite",
     "SuiteError",
     "Transcriber",

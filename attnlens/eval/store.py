@@ -137,10 +137,76 @@ class RowStore:
         self.rows[key] = {c: str(row[c]) for c in self.columns}
 
 
+class ResultsFileError(ValueError):
+    """A file that is not a valid results CSV (a pickle, not UTF-8 text, ragged rows, missing or duplicated keys)."""
+
+
+PROMPT_KEY_COLUMNS: tuple[str, ...] = ("prompt_id", "style", "genre")  # the first present names the prompt
+
+
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read a results CSV: text columns stay strings (an empty transcription is "", an id "7" stays "7");
-    other columns become numeric where every value parses."""
-    df = pd.read_csv(path, keep_default_na=False, dtype={c: str for c in TEXT_COLUMNS})
+    other columns become numeric where every value parses.
+
+    The file must be UTF-8 CSV with a ``variant`` column and a prompt column (``prompt_id``, ``style`` or
+    ``genre``), every row as long as the header, and no key (prompt, variant, seed) twice; otherwise
+    :class:`ResultsFileError` says what is wrong. An unterminated last line (a write cut short; the runner never
+    committed it) is left out with a warning, never read as a half row.
+    """
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file at {path}")
+    raw = path.read_bytes()
+    if raw[:1] == b"\x80" or raw[:2] == b"PK":
+        raise ResultsFileError(
+            f"{path} looks like a pickle / zip file; results are CSV text (attnlens never loads pickles)"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsFileError(f"{path} is not a UTF-8 text (CSV) file: {e}") from None
+    if "\x00" in text:
+        raise ResultsFileError(f"{path} holds NUL bytes: not a CSV text file (or damaged)")
+    if text and not text.endswith("\n"):
+        cut = text.rfind("\n") + 1
+        warnings.warn(
+            f"{path}: the last line has no line end (a write was cut short); left out: {text[cut:][:80]!r}",
+            stacklevel=2,
+        )
+        text = text[:cut]
+    try:
+        records = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise ResultsFileError(f"{path}: not a valid CSV file ({e})") from None
+    if not records or not records[0]:
+        raise ResultsFileError(f"{path} is empty: no header line")
+    header = records[0]
+    prompt_cols = [c for c in PROMPT_KEY_COLUMNS if c in header]
+    if "variant" not in header or not prompt_cols:
+        raise ResultsFileError(
+            f"{path}: not a results file (header {header[:8]}); expected a 'variant' column and one of "
+            f"{list(PROMPT_KEY_COLUMNS)}"
+        )
+    ragged = [(i, len(r)) for i, r in enumerate(records[1:], start=1) if len(r) != len(header)]
+    if ragged:
+        i, n = ragged[0]
+        raise ResultsFileError(
+            f"{path}: row {i} has {n} fields but the header has {len(header)} ({len(ragged)} such row(s)); "
+            "the file is damaged or was edited by hand"
+        )
+    if len(set(header)) != len(header):
+        raise ResultsFileError(f"{path}: duplicated column names in the header {header}")
+    try:
+        df = pd.read_csv(io.StringIO(text), keep_default_na=False, dtype={c: str for c in TEXT_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise ResultsFileError(f"{path}: not a valid CSV file ({e})") from None
+    keys = [prompt_cols[0], "variant"] + (["seed"] if "seed" in df.columns else [])
+    dup = df.duplicated(keys, keep=False)
+    if dup.any():
+        first = df.loc[dup, keys].iloc[0].tolist()
+        raise ResultsFileError(f"{path}: {int(dup.sum())} rows share a key {keys}, e.g. {first}")
     for c in df.columns:
         if df[c].dtype == object and c not in TEXT_COLUMNS:
             conv = pd.to_numeric(df[c], errors="coerce")

@@ -68,8 +68,30 @@ def parse_variants(variants: Mapping[str, Any] | None) -> list[Variant]:
             spec = os.fspath(spec)
             if not os.path.exists(spec):
                 raise FileNotFoundError(f"variant {name!r}: adapter path {spec!r} does not exist")
+            _refuse_pickled_adapter(name, spec)
         out.append(Variant(name, spec, scale))
     return out
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _refuse_pickled_adapter(name: str, path: str) -> None:
+    """diffusers' ``load_lora_adapter`` falls back to ``torch.load`` (pickle) when a folder holds no safetensors
+    file; attnlens never loads pickles, so such an adapter is refused here, before any generation."""
+    if os.path.isfile(path):
+        if not path.endswith(".safetensors"):
+            raise ValueError(
+                f"variant {name!r}: adapter file {path!r} is not a .safetensors file (pickles are refused)"
+            )
+        return
+    names = os.listdir(path)
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles and not any(n.endswith(".safetensors") for n in names):
+        raise ValueError(
+            f"variant {name!r}: adapter folder {path!r} holds pickle weights {pickles[:3]} and no .safetensors file; "
+            "attnlens never loads pickles (they can run code): save the adapter as safetensors"
+        )
 
 
 def _env_int(name: str, default: int) -> int:

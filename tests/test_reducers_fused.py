@@ -73,3 +73,20 @@ def test_capture_fused_equals_reference_on_a_transformer():
                 assert torch.allclose(got, ref, atol=5e-6), (name, layers, budget)
             else:
                 assert torch.equal(got, ref), (name, layers, budget)
+
+
+def test_fused_statistics_with_maps_equal_reference():
+    import attnlens as al
+
+    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2))
+    kw = dict(prompt="folk", lyrics="[verse]\nwalking down the road", audio_duration=0.8, num_inference_steps=2)
+    caps = {}
+    for red in ("reference", "fused"):
+        with al.capture(pipe, heads=[1, 9], steps=[-1], maps=True, reducer=red) as cap:
+            pipe(**kw, output_type="latent", generator=torch.Generator().manual_seed(0))
+        caps[red] = cap
+    ref, got = caps["reference"], caps["fused"]
+    assert got.meta["reducer"] == "fused"
+    assert torch.allclose(got.maps, ref.maps, atol=1e-6)
+    assert torch.allclose(got.stats["entropy"], ref.stats["entropy"], atol=5e-6)
+    assert torch.equal(got.stats["lyric_argmax"], ref.stats["lyric_argmax"])

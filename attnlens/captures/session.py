@@ -25,7 +25,7 @@ from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
 from ..reducers.fused import BLOCK_S as FUSED_BLOCK_S
 from ..reducers.fused import block_info, fused_available, reduce_fused
-from ..reducers.stats import reduce_reference, segment_onehot
+from ..reducers.stats import expand_kv, probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
 from .layout import ItemLayout, Layout
 from .result import STAT_NAMES, Capture
@@ -143,6 +143,7 @@ class CaptureSession:
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_layers = False
         self._blocks: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._maps_host: torch.Tensor | None = None
         self.stash_budget_bytes = 128 << 20
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
@@ -195,6 +196,7 @@ class CaptureSession:
         self._map_sum.clear()
         self._step_bufs = []
         self._stash = {}
+        self._maps_host = None
         self._done = set()
         self._t_pending = {}
         self._host = None
@@ -343,7 +345,7 @@ class CaptureSession:
         return on_key
 
     def _use_fused(self, q: torch.Tensor) -> bool:
-        if self.reducer == "reference" or self.maps_mode is not False or not self.keep_stats:
+        if self.reducer == "reference" or not self.keep_stats:
             return False
         ok = fused_available(q)
         if self.reducer == "fused" and not ok:
@@ -364,6 +366,11 @@ class CaptureSession:
             if len(self._step_bufs) <= self._step_pos:
                 self._new_step_buffers(q)
                 self._batch_layers = self._stash_fits(q, k)
+            if self.maps_mode is not False:  # maps for the selected heads: softmax(scale q kᵀ) in fp32
+                with torch.no_grad():
+                    qs = q.detach().index_select(2, self._q_index)
+                    maps = probabilities(qs, expand_kv(k.detach(), self._kv_index), self.adapter.facts.scale)
+                self._keep_map(li, maps)
             if self._batch_layers:  # short clips: one launch per step for all layers (launch-bound regime)
                 self._stash[li] = (q.detach(), k.detach())
                 if len(self._stash) == len(self.layers):
@@ -394,15 +401,29 @@ class CaptureSession:
         if self.keep_stats:
             self._parts[(self._step_pos, li)] = stats
         if maps is not None:
-            if self.maps_mode == "mean":
-                if li in self._map_sum:
-                    self._map_sum[li] += maps
-                else:
-                    self._map_sum[li] = maps.clone()
-                if li == 0:
-                    self._map_count += 1
+            self._keep_map(li, maps)
+
+    def _keep_map(self, li: int, maps: torch.Tensor) -> None:
+        """Keep one layer's probabilities ``[B, h, T, S]``: running sum (``maps="mean"``), or a copy on the CPU
+        (pinned and asynchronous on CUDA) into one block for all expected steps."""
+        if self.maps_mode == "mean":
+            if li in self._map_sum:
+                self._map_sum[li] += maps
             else:
-                self._maps[(self._step_pos, li)] = _to_cpu(maps)
+                self._map_sum[li] = maps.clone()
+            if li == 0:
+                self._map_count += 1
+            return
+        n = len(self._kept) if self._kept else self._total_steps()
+        if self._maps_host is None and n:
+            self._maps_host = torch.empty(
+                (n, len(self.layers), *maps.shape), dtype=maps.dtype, pin_memory=maps.device.type == "cuda"
+            )
+        if self._maps_host is not None and self._step_pos < self._maps_host.shape[0]:
+            self._maps_host[self._step_pos, li].copy_(maps, non_blocking=True)
+            self._maps[(self._step_pos, li)] = self._maps_host[self._step_pos, li]
+        else:
+            self._maps[(self._step_pos, li)] = _to_cpu(maps)
 
     def _stash_fits(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         """Batch all layers of a step into one launch when holding their Q/K costs little memory."""
@@ -489,7 +510,11 @@ class CaptureSession:
                     stacklevel=3,
                 )
         if self._maps:
-            cap.maps = torch.stack([torch.stack([self._maps[(s, li)] for li in range(nl)]) for s in range(ns)])
+            host = self._maps_host
+            if host is not None and host.shape[0] == ns and len(self._maps) == ns * nl:
+                cap.maps = host  # every slot written in place: no copy
+            else:
+                cap.maps = torch.stack([torch.stack([self._maps[(s, li)] for li in range(nl)]) for s in range(ns)])
         if self._map_sum:
             cap.maps_mean = torch.stack([(self._map_sum[li] / self._map_count).cpu() for li in range(nl)])
         dtype = None

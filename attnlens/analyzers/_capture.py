@@ -41,17 +41,25 @@ def capture_stats(cap: Capture) -> dict[str, np.ndarray]:
         want = shape + ((out["mass"].shape[-1],) if k == "mass" else ())
         if out[k].shape != want:
             raise ValueError(f"stats[{k!r}] has shape {out[k].shape}; expected {want}")
-    for k in ("entropy", "mass", "entropy_lyric"):
-        bad = ~np.isfinite(out[k])
-        if bad.any():
-            idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"stats[{k!r}] holds NaN/inf at index {idx} [step, layer, batch, head, frame]")
     S, L, B, H, _ = shape
     if (S, L, H) != (len(cap.steps), len(cap.layers), len(cap.heads)):
         raise ValueError(
             f"stats shape {shape} does not match the capture's steps {len(cap.steps)}, layers {len(cap.layers)}, "
             f"heads {len(cap.heads)}"
         )
+    for k in ("entropy", "mass", "entropy_lyric"):
+        bad = ~np.isfinite(out[k])
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            s, li, b, h = idx[:4]
+            where = sorted({(cap.steps[i], cap.layers[j]) for i, j in np.argwhere(bad.reshape(S, L, -1).any(-1))})
+            raise ValueError(
+                f"stats[{k!r}] holds NaN/inf, first at index {idx} [step, layer, batch, head, frame] = step "
+                f"{cap.steps[s]}, layer {cap.layers[li]}, batch {b}, head {cap.heads[h]}; in (step, layer) "
+                f"{where[:6]}{' ...' if len(where) > 6 else ''}. The model's "
+                "attention logits were not finite there, so no statistic can be computed. Analyze other steps/layers "
+                "(cap.meta['nonfinite'] lists them) or fix the model's numerics"
+            )
     if len(cap.layout) != B:
         raise ValueError(f"stats have {B} batch items but the layout describes {len(cap.layout)}")
     return out

@@ -8,6 +8,8 @@ import torch
 triton = pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch bring it)")
 
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
 # tests/conftest.py sets TRITON_INTERPRET=1 (before Triton is imported) when no CUDA device is present, so the
 # kernel runs in Triton's CPU interpreter here.
 
@@ -28,8 +30,8 @@ def test_fused_equals_reference():
     from attnlens.reducers.fused import reduce_fused
     from attnlens.reducers.stats import reduce_reference, segment_onehot
 
-    q, k, seg, lidx, nl = _case()
-    heads = torch.tensor([0, 1, 3])
+    q, k, seg, lidx, nl = (t.to(DEV) for t in _case())
+    heads = torch.tensor([0, 1, 3], device=DEV)
     out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), block_t=32, block_s=32)
     ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg), lidx, nl)
     for name in ref:
@@ -44,7 +46,7 @@ def test_capture_fused_equals_reference_on_a_transformer():
     import attnlens as al
     from attnlens.captures import ItemLayout
 
-    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2))
+    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2)).to(DEV)
     tr = pipe.transformer
     g = torch.Generator().manual_seed(0)
     B, T, S = 1, 24, 12
@@ -55,6 +57,7 @@ def test_capture_fused_equals_reference_on_a_transformer():
         encoder_hidden_states=torch.randn(B, S, 64, generator=g),
         context_latents=torch.randn(B, T, 16, generator=g),
     )
+    kw = {k: v.to(DEV) for k, v in kw.items()}
     layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
     for layers, budget in (([1], 128 << 20), (None, 128 << 20), (None, 0)):  # one layer; layers batched; per layer
         caps = {}
@@ -78,12 +81,12 @@ def test_capture_fused_equals_reference_on_a_transformer():
 def test_fused_statistics_with_maps_equal_reference():
     import attnlens as al
 
-    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2))
+    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2)).to(DEV)
     kw = dict(prompt="folk", lyrics="[verse]\nwalking down the road", audio_duration=0.8, num_inference_steps=2)
     caps = {}
     for red in ("reference", "fused"):
         with al.capture(pipe, heads=[1, 9], steps=[-1], maps=True, reducer=red) as cap:
-            pipe(**kw, output_type="latent", generator=torch.Generator().manual_seed(0))
+            pipe(**kw, output_type="latent", generator=torch.Generator(DEV).manual_seed(0))
         caps[red] = cap
     ref, got = caps["reference"], caps["fused"]
     assert got.meta["reducer"] == "fused"

@@ -23,8 +23,7 @@ import torch
 from .. import __version__
 from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
-from ..reducers.fused import BLOCK_S as FUSED_BLOCK_S
-from ..reducers.fused import block_info, fused_available, reduce_fused
+from ..reducers.fused import fused_available, reduce_fused
 from ..reducers.stats import expand_kv, probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
 from .layout import ItemLayout, Layout
@@ -142,7 +141,6 @@ class CaptureSession:
         self._done: set[tuple[int, int]] = set()
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_layers = False
-        self._blocks: tuple[torch.Tensor, torch.Tensor] | None = None
         self._maps_host: torch.Tensor | None = None
         self.stash_budget_bytes = 128 << 20
         dev = next(self.adapter.transformer.parameters()).device
@@ -314,7 +312,6 @@ class CaptureSession:
                 pos = torch.as_tensor(it.lyric_positions(), dtype=torch.long, device=dev)
                 lyr_index[b, pos] = torch.arange(len(pos), device=dev)
             n_lyric = (lyr_index >= 0).sum(dim=1)
-            self._blocks = None
             self._layout_cache = (
                 key,
                 segment_onehot(codes),
@@ -361,8 +358,6 @@ class CaptureSession:
             self._fused = self._use_fused(q)
             self.capture.meta["reducer"] = "fused" if self._fused else "reference"
         if self._fused:
-            if self._blocks is None:
-                self._blocks = block_info(self._layout_cache[4], self._layout_cache[5], FUSED_BLOCK_S)
             if len(self._step_bufs) <= self._step_pos:
                 self._new_step_buffers(q)
                 self._batch_layers = self._stash_fits(q, k)
@@ -379,9 +374,7 @@ class CaptureSession:
             _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
             f = self.adapter.facts
             out = self._step_bufs[self._step_pos]
-            reduce_fused(
-                q, k, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=out, slot=li, blocks=self._blocks
-            )
+            reduce_fused(q, k, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=out, slot=li)
             self._done.add((self._step_pos, li))
             return
         _, onehot, lyr_index, n_lyric = self._layout_cache[:4]

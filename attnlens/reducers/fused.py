@@ -28,10 +28,6 @@ except Exception:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
 
 
-BLOCK_S = 64
-"""Keys per block in the kernel's inner loop."""
-
-
 def fused_available(q: torch.Tensor) -> bool:
     """True when the fused kernel can run for this query tensor."""
     import os
@@ -46,9 +42,9 @@ if HAVE_TRITON:
     # specialized, so one compiled kernel serves every length (and launching it stays cheap).
     @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "H", "KVH", "n_sel", "group"])
     def _stats_kernel(
-        q_ptr, k_ptr, seg_ptr, lidx_ptr, nlyr_ptr, heads_ptr, bseg_ptr, blyr_ptr,
+        q_ptr, k_ptr, seg_ptr, lidx_ptr, nlyr_ptr, heads_ptr,
         ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
-        out_off, B, T, S, H, KVH, n_sel, group, scale, inv_log_s, n_blk,
+        out_off, B, T, S, H, KVH, n_sel, group, scale, inv_log_s,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
@@ -93,44 +89,48 @@ if HAVE_TRITON:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
-            # keys past S get a huge negative finite logit: exp() gives exactly 0 and p * s stays 0 (no NaN)
-            s = tl.where(s_ok[None, :], s * scale, -1.0e30)
-            blk = s0 // BLOCK_S
-            bseg = tl.load(bseg_ptr + b * n_blk + blk)  # segment code when the block is uniform, else -2
+            s = s * scale
+            s = tl.where(s_ok[None, :], s, neg_inf)
+            seg = tl.load(seg_ptr + b * S + offs_s, mask=s_ok, other=-1)
+            lid = tl.load(lidx_ptr + b * S + offs_s, mask=s_ok, other=-1)
             # all keys
-            bmax, barg = tl.max(s, axis=1, return_indices=True, return_indices_tie_break_left=True)
-            am = tl.where(bmax > m, barg.to(tl.int32) + s0, am)
+            bmax = tl.max(s, axis=1)
+            barg = tl.argmax(s, axis=1).to(tl.int32) + s0
+            am = tl.where(bmax > m, barg, am)
             m_new = tl.maximum(m, bmax)
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
+            p = tl.where(s_ok[None, :], p, 0.0)
             rowsum = tl.sum(p, axis=1)
             lsum = lsum * alpha + rowsum
-            ps = ps * alpha + tl.sum(p * s, axis=1)
+            ps = ps * alpha + tl.sum(tl.where(s_ok[None, :], p * s, 0.0), axis=1)
             g0 = g0 * alpha
             g1 = g1 * alpha
             g2 = g2 * alpha
             g3 = g3 * alpha
             g4 = g4 * alpha
-            if bseg >= 0:  # packed segments are contiguous runs: most blocks lie in one segment
-                g0 += tl.where(bseg == 0, rowsum, 0.0)
-                g1 += tl.where(bseg == 1, rowsum, 0.0)
-                g2 += tl.where(bseg == 2, rowsum, 0.0)
-                g3 += tl.where(bseg == 3, rowsum, 0.0)
-                g4 += tl.where(bseg == 4, rowsum, 0.0)
+            # packed segments are contiguous runs: most key blocks lie in one segment and need no extra reduction
+            seg_lo = tl.min(tl.where(s_ok, seg, 127))
+            seg_hi = tl.max(tl.where(s_ok, seg, -127))
+            if seg_lo == seg_hi:
+                g0 += tl.where(seg_lo == 0, rowsum, 0.0)
+                g1 += tl.where(seg_lo == 1, rowsum, 0.0)
+                g2 += tl.where(seg_lo == 2, rowsum, 0.0)
+                g3 += tl.where(seg_lo == 3, rowsum, 0.0)
+                g4 += tl.where(seg_lo == 4, rowsum, 0.0)
             else:
-                seg = tl.load(seg_ptr + b * S + offs_s, mask=s_ok, other=-1)
                 g0 += tl.sum(tl.where(seg[None, :] == 0, p, 0.0), axis=1)
                 g1 += tl.sum(tl.where(seg[None, :] == 1, p, 0.0), axis=1)
                 g2 += tl.sum(tl.where(seg[None, :] == 2, p, 0.0), axis=1)
                 g3 += tl.sum(tl.where(seg[None, :] == 3, p, 0.0), axis=1)
                 g4 += tl.sum(tl.where(seg[None, :] == 4, p, 0.0), axis=1)
             m = m_new
-            # lyric keys only (blocks without any are skipped)
-            if tl.load(blyr_ptr + b * n_blk + blk) > 0:
-                lid = tl.load(lidx_ptr + b * S + offs_s, mask=s_ok, other=-1)
+            # lyric keys only (skipped for blocks without any)
+            if tl.max(lid) >= 0:
                 in_l = lid[None, :] >= 0
                 sl = tl.where(in_l, s, neg_inf)
-                bmax_l, bpos_l = tl.max(sl, axis=1, return_indices=True, return_indices_tie_break_left=True)
+                bmax_l = tl.max(sl, axis=1)
+                bpos_l = tl.argmax(sl, axis=1).to(tl.int32)
                 bidx_l = tl.sum(tl.where(tl.arange(0, BLOCK_S)[None, :] == bpos_l[:, None], lid[None, :], 0), axis=1)
                 aml = tl.where(bmax_l > ml, bidx_l, aml)
                 ml_new = tl.maximum(ml, bmax_l)
@@ -161,22 +161,6 @@ if HAVE_TRITON:
         tl.store(mass_ptr + mo + 4, g4 * inv_l, mask=t_ok)
 
 
-def block_info(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per key block of ``block_s`` keys: its segment code when all its keys share one (else -2), and whether it
-    holds any lyric key. int32 ``[B, n_blocks]`` each; computed once per layout."""
-    B, S = seg_codes.shape
-    n_blk = (S + block_s - 1) // block_s
-    pad = n_blk * block_s - S
-    seg = torch.nn.functional.pad(seg_codes.long(), (0, pad), value=-100).view(B, n_blk, block_s)
-    valid = seg != -100
-    lo = torch.where(valid, seg, torch.full_like(seg, 127)).amin(-1)
-    hi = torch.where(valid, seg, torch.full_like(seg, -127)).amax(-1)
-    bseg = torch.where(lo == hi, lo, torch.full_like(lo, -2)).to(torch.int32)
-    lid = torch.nn.functional.pad(lyric_index.long(), (0, pad), value=-1).view(B, n_blk, block_s)
-    blyr = (lid >= 0).any(-1).to(torch.int32)
-    return bseg.contiguous(), blyr.contiguous()
-
-
 def reduce_fused(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -188,9 +172,8 @@ def reduce_fused(
     n_lyric: torch.Tensor,
     out: dict[str, torch.Tensor] | None = None,
     slot: int = 0,
-    blocks: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_t: int = 64,
-    block_s: int = BLOCK_S,
+    block_s: int = 64,
     num_warps: int = 4,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics with the fused kernel.
@@ -219,14 +202,11 @@ def reduce_fused(
         q = q.contiguous()
     if not k.is_contiguous():
         k = k.contiguous()
-    if blocks is None:  # (callers on a hot path pass it, computed once per layout)
-        blocks = block_info(seg_codes, lyric_index, block_s)
-    bseg, blyr = blocks
     grid = ((T + block_t - 1) // block_t, B * h, n_layers)
     _stats_kernel[grid](
-        q, k, seg_codes, lyric_index, n_lyric, heads, bseg, blyr,
+        q, k, seg_codes, lyric_index, n_lyric, heads,
         out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), 1.0 / math.log(S) if S > 1 else 0.0, bseg.shape[1],
+        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), 1.0 / math.log(S) if S > 1 else 0.0,
         D=D, BLOCK_T=block_t, BLOCK_S=block_s, IEEE=q.dtype == torch.float32, num_warps=num_warps,
     )  # fmt: skip
     return out

@@ -70,7 +70,8 @@ def frame_stats_from_logits(
     lyr_logits = torch.where(has[..., None], lyr_logits, torch.zeros_like(lyr_logits))
     loga = torch.log_softmax(lyr_logits, dim=-1)
     a = loga.exp()
-    ent_l = -(torch.where(a > 0, a * loga, torch.zeros_like(a))).sum(-1)
+    # 0·log 0 = 0 for keys outside L (a == 0); a NaN (non-finite logits) stays NaN instead of counting as 0
+    ent_l = -(torch.where(a == 0, torch.zeros_like(a), a * loga)).sum(-1)
     logn = torch.log(n_lyric.clamp(min=2).to(ent_l.dtype))[:, None, None]
     entropy_lyric = torch.where((n_lyric > 1)[:, None, None], ent_l / logn, torch.zeros_like(ent_l))
     pos = lyr_logits.argmax(dim=-1)  # [B, h, T] packed positions

@@ -142,7 +142,7 @@ class CaptureSession:
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_layers = False
         self._maps_host: torch.Tensor | None = None
-        self.stash_budget_bytes = 128 << 20
+        self.stash_budget_bytes = 64 << 20
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
         self._q_index = torch.tensor(self.heads, dtype=torch.long, device=dev)

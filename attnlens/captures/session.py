@@ -126,7 +126,6 @@ class CaptureSession:
         self._active = False
         self._step_pos = -1
         self._q: dict[int, torch.Tensor] = {}
-        self._keys: dict[int, tuple] = {}
         self._parts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._maps: dict[tuple[int, int], torch.Tensor] = {}
         self._map_sum: dict[int, torch.Tensor] = {}
@@ -188,7 +187,6 @@ class CaptureSession:
 
     def _release(self) -> None:
         self._q.clear()
-        self._keys.clear()
         self._parts.clear()
         self._maps.clear()
         self._map_sum.clear()

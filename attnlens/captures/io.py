@@ -148,7 +148,7 @@ def load_capture(path: str | os.PathLike) -> Capture:
             model=dict(header.get("model", {})),
             meta=dict(header.get("meta", {})),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(inf) from JSON "Infinity"
         raise CaptureFileError(f"{path}: malformed capture metadata ({e!r})") from None
     _validate_shapes(cap, path)
     return cap

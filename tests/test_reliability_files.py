@@ -178,6 +178,10 @@ def test_capture_wrong_shapes_and_versions(tmp_path, files):
     p = _rewrite_capture(good, tmp_path / "h", header_fn=lambda h: h.pop("layers"))
     with pytest.raises(CaptureFileError, match="malformed capture metadata.*layers"):
         al.load_capture(p)
+    # found by the long fuzz run: JSON "Infinity" where an integer belongs (int(inf) raised OverflowError)
+    p = _rewrite_capture(good, tmp_path / "i", header_fn=lambda h: h["layout"]["items"][0].update(word_index=[1e999]))
+    with pytest.raises(CaptureFileError, match="malformed capture metadata.*infinity"):
+        al.load_capture(p)
 
 
 def test_adapter_wrong_shapes_and_metadata(tmp_path, files):

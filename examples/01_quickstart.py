@@ -4,16 +4,19 @@
 #
 # attnlens records the cross-attention of an ACE-Step pipeline while it generates: for every step, layer and
 # head, how much each audio frame attends to each lyric, caption and timbre key. This notebook runs the
-# whole loop on the tiny offline pipeline (the real diffusers classes with a small, randomly initialised
-# configuration), so it needs no download and no GPU. With random weights there is no alignment to find;
-# the numbers show what the tools do, not what a trained model learned.
+# whole loop on the embedded demo model (`al.models.demo_pipeline()`): the real diffusers classes at a small
+# size (4 DiT layers, 8 heads), trained on a synthetic singing task that lives in latent space, so it needs no
+# download and no GPU. Its latents are decoded into words by the task's decoder.
 
 # %%
 # %matplotlib inline
 import attnlens as al
+from attnlens.demo.decoder import WordDecoder
+from attnlens.models.demo import demo_task
 
-pipe = al.models.tiny_pipeline(seed=0)
-prompt, lyrics = "folk, warm vocals", "[verse]\nwalking down the morning road"
+pipe = al.models.demo_pipeline()
+decoder = WordDecoder(demo_task())
+prompt, lyrics = "warm voice, folk", "[verse]\nsun moon star sky road"
 
 # %% [markdown]
 # ## Capture
@@ -23,7 +26,7 @@ prompt, lyrics = "folk, warm vocals", "[verse]\nwalking down the morning road"
 
 # %%
 with al.capture(pipe) as cap:
-    pipe(
+    out = pipe(
         prompt=prompt,
         lyrics=lyrics,
         audio_duration=4.0,
@@ -33,6 +36,7 @@ with al.capture(pipe) as cap:
     )
 print(cap.summary())
 print("timesteps:", [round(t, 4) for t in cap.timesteps])
+print("the decoder hears:", decoder.decode(out.audios[0].float().numpy()).text)
 
 # %% [markdown]
 # ## Analyze
@@ -53,10 +57,10 @@ al.summarize_heads(df).head()
 # %% [markdown]
 # ## Plot
 #
-# Maps need `maps=True`; keep only what you will look at (here the last step of two layers).
+# Maps need `maps=True`; keep only what you will look at (here the last step of layers 1 and 2).
 
 # %%
-with al.capture(pipe, layers=[2, 3], steps=[-1], maps=True) as cap_maps:
+with al.capture(pipe, layers=[1, 2], steps=[-1], maps=True) as cap_maps:
     pipe(
         prompt=prompt,
         lyrics=lyrics,
@@ -65,14 +69,14 @@ with al.capture(pipe, layers=[2, 3], steps=[-1], maps=True) as cap_maps:
         guidance_scale=1.0,
         output_type="latent",
     )
-P = cap_maps.attention(step=-1, layer=3, head=11)  # [frames, keys], rows sum to 1
+P = cap_maps.attention(step=-1, layer=2, head=5)  # [frames, keys], rows sum to 1
 print(tuple(P.shape), float(P.sum(-1).min()), float(P.sum(-1).max()))
 
 # %%
-al.plot.map(cap_maps, step=-1, layer=3, head=11)
+al.plot.map(cap_maps, step=-1, layer=2, head=5)
 
 # %%
-al.plot.heads(cap_maps, step=-1, layers=[3], heads=list(range(8)))
+al.plot.heads(cap_maps, step=-1, layers=[2], normalize="lyric")  # each panel over the sung words only
 
 # %%
 al.plot.scores(df[df.step == df.step.max()], "lyric_mass")
@@ -85,4 +89,4 @@ al.plot.scores(df[df.step == df.step.max()], "lyric_mass")
 # %%
 cap_maps.save("quickstart.attn")
 again = al.load_capture("quickstart.attn")
-assert (again.attention(step=-1, layer=3, head=11) == P).all()
+assert (again.attention(step=-1, layer=2, head=5) == P).all()

@@ -3,8 +3,8 @@
 # # Per-head analysis: which heads follow the lyrics?
 #
 # The study behind attnlens compared five model variants head by head. This notebook does the same on the
-# tiny offline pipeline: several captures of the same lyrics side by side with `al.plot.compare` (here
-# different seeds and captions stand in for model variants), then head rankings with
+# embedded demo model: several captures of the same lyrics side by side with `al.plot.compare` (here
+# different seeds and voices stand in for model variants), then head rankings with
 # `al.find_alignment_heads` and `al.head_report`.
 
 # %%
@@ -14,14 +14,14 @@ import torch
 
 import attnlens as al
 
-pipe = al.models.tiny_pipeline(seed=0)
-lyrics = "[verse]\nwalking down the morning road"
+pipe = al.models.demo_pipeline()
+lyrics = "[verse]\nsun moon star sky road"
 runs = {
-    "seed 0": ("folk, warm vocals", 0),
-    "seed 1": ("folk, warm vocals", 1),
-    "seed 2": ("folk, warm vocals", 2),
-    "rock": ("rock, bright vocals", 0),
-    "jazz": ("jazz, airy vocals", 0),
+    "seed 0": ("warm voice, folk", 0),
+    "seed 1": ("warm voice, folk", 1),
+    "seed 2": ("warm voice, folk", 2),
+    "bright": ("bright voice, rock", 0),
+    "airy": ("airy voice, jazz", 0),
 }
 caps = {}
 for name, (prompt, seed) in runs.items():
@@ -44,7 +44,7 @@ for name, (prompt, seed) in runs.items():
 # reference. The token axis must match, so compare captures of the same lyrics.
 
 # %%
-al.plot.compare(caps, step=-1, layer=3, head=11, reference="seed 0")
+al.plot.compare(caps, step=-1, layer=2, head=5, normalize="lyric", reference="seed 0")
 
 # %%
 al.plot.compare(caps, step=-1, layer=None, head=None, normalize="lyric")  # mean over every layer and head

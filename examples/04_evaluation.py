@@ -4,10 +4,8 @@
 #
 # `al.eval.run` generates every (prompt, variant, seed), transcribes the output, scores WER/CER against the
 # lyrics and writes each row to `results.csv` as soon as it is done (a rerun resumes). On real audio the
-# transcriber is Whisper (`al.eval.Transcriber`); here the tiny offline pipeline generates latents and the demo
+# transcriber is Whisper (`al.eval.Transcriber`); here the embedded demo model generates latents and the demo
 # task's word decoder (`attnlens.demo.decoder.WordDecoder`, the demo task's stand-in for Whisper) reads them.
-# The tiny pipeline has random weights, so the decoder hears no words and every error rate is 1: the point here
-# is the workflow.
 
 # %%
 import pandas as pd
@@ -15,10 +13,10 @@ import torch
 
 import attnlens as al
 from attnlens.demo.decoder import WordDecoder
-from attnlens.demo.task import TinySongs
+from attnlens.models.demo import demo_task
 
-pipe = al.models.tiny_pipeline(seed=0)
-decoder = WordDecoder(TinySongs(seed=0))
+pipe = al.models.demo_pipeline()
+decoder = WordDecoder(demo_task())
 
 
 def transcribe(latents: torch.Tensor) -> str:
@@ -42,7 +40,7 @@ suite = al.eval.Suite.from_records(
 # of its own, run into its own folder, and the two tables are concatenated.
 
 # %%
-nudged = al.models.tiny_pipeline(seed=0)
+nudged = al.models.demo_pipeline()
 lora = al.train.LoraConfig(rank=4, alpha=8, targets=("cross_attn",), projections=("q", "k", "v", "o"))
 al.train.add_lora(nudged, lora, name="nudged", seed=0)
 with torch.no_grad():
@@ -72,7 +70,7 @@ res[["prompt_id", "variant", "seed", "wer", "cer", "transcription", "ground_trut
 #
 # Means per variant with a bootstrap interval over prompts, the best variant per prompt, and a paired
 # comparison (bootstrap over prompts, Wilcoxon signed-rank test). Two prompts are far too few for real
-# conclusions; here every rate is 1, so the intervals have zero width.
+# conclusions.
 
 # %%
 al.eval.summarize(res, n_resamples=1000)

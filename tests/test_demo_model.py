@@ -34,7 +34,7 @@ def _runs(model, n: int) -> list[dict]:
     exs = task.make_dataset(n, seed=2026, split="test")
     out = []
     for i, ex in enumerate(exs):
-        with al.capture(pipe, maps=True) as cap:
+        with al.capture(pipe, maps=True, reducer="reference") as cap:
             lat = generate(pipe, [ex["caption"]], [ex["lyrics"]], [10_000 + i])[0]
         out.append(
             {

@@ -188,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pipe, name = load_model(args.model, args.device)
     prompt = args.prompt or (DEFAULT_PROMPT if args.model is None else REAL_PROMPT)
-    with al.capture(pipe, maps=True) as cap:
+    # on a CPU the reference reducer (the fused kernel is for CUDA; under TRITON_INTERPRET it would be emulated)
+    reducer = "auto" if str(args.device).startswith("cuda") else "reference"
+    with al.capture(pipe, maps=True, reducer=reducer) as cap:
         out = pipe(
             prompt=prompt,
             lyrics=args.lyrics,

@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         "words": words,
         "reference": reference,
         "layers": layers,
-        "png_heads": _png(al.plot.heads(cap, step=-1)),
+        "png_heads": _png(al.plot.heads(cap, step=-1, average_layers=False)),
         "png_scores": _png(al.plot.scores(df, "monotonic_alignment_sung")),
         "png_best": _png(al.plot.map(cap, step=-1, layer=best[0], head=best[1], figsize=(9, 3.5))),
         "png_layers": _png(_layers_figure(layers)),

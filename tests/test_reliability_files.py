@@ -2,7 +2,7 @@
 
 Each loader reads only safetensors / JSON / CSV. A pickle, a truncated file, a file of the right kind with arrays of
 the wrong shape, or an unknown format version each raise the library's own exception class with a message that names
-the problem. Fuzzing (hypothesis, ``max_examples`` set explicitly: 200 per strategy by default, 5000 in the slow run):
+the problem. Fuzzing (hypothesis, ``max_examples`` set explicitly: 100 per strategy by default, 5000 in the slow run):
 random bytes, byte flips / truncations / splices of a valid file, and (captures) random JSON put into the header. The
 only allowed outcomes are a successful load or ``CaptureFileError`` / ``AdapterFileError`` / ``ResultsFileError``;
 never another exception type, never a hang (each load runs under a 10 s alarm).
@@ -31,7 +31,7 @@ from attnlens.captures import CaptureFileError
 from attnlens.eval.store import ResultsFileError, RowStore, read_results
 from attnlens.train.lora import AdapterFileError, LoraConfig, add_lora, read_adapter, save_adapter
 
-FUZZ_DEFAULT, FUZZ_SLOW = 200, 5000
+FUZZ_DEFAULT, FUZZ_SLOW = 100, 5000
 COUNTS: dict[str, int] = {}
 
 

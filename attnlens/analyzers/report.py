@@ -16,9 +16,7 @@ Schema of ``to_dict()``::
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..captures.result import Capture
+from ..files import atomic_write_json
 from ..metrics.sinks import sink_tokens
 from ._capture import capture_stats
 from .table import analyze
@@ -75,16 +74,7 @@ class HeadReport:
     def to_json(self, path: str | os.PathLike[str], indent: int = 2) -> str:
         """Write :meth:`to_dict` as JSON to ``path`` atomically (temp file in the same folder, then rename)."""
         path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=indent, allow_nan=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_json(path, self.to_dict(), indent=indent, allow_nan=False)
         return path
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..files import atomic_write_bytes
 from .layout import Layout
 from .result import STAT_NAMES, Capture
 
@@ -33,23 +32,6 @@ _EXPECTED = {
 
 class CaptureFileError(ValueError):
     """A file that is not a valid attnlens capture."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (no half-written file is ever visible under ``path``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_capture(cap: Capture, path: str | os.PathLike) -> str:

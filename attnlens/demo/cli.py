@@ -11,9 +11,10 @@ import base64
 import html
 import io
 import os
-import tempfile
 import time
 from typing import Any
+
+from ..files import atomic_write_text
 
 DEFAULT_PROMPT = "warm voice, folk"
 DEFAULT_LYRICS = "[verse]\nsun rise over blue sea home"
@@ -64,16 +65,7 @@ def _png(fig: Any, dpi: int = 90) -> str:
 
 
 def _write_text(text: str, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def layer_table(df: Any) -> Any:

@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from attnlens.demo.vocab import CAPTION_EXTRAS, DEMO_WORDS, VOICE_NAMES
+
+from ..files import atomic_write
 
 LATENT_FRAME_RATE = 25.0  # latent frames per second (48 kHz audio / 1920 samples per latent frame)
 DIT_PATCH_SIZE = 2  # the DiT's patch size: one DiT frame (cross-attention query) = 2 latent frames
@@ -472,16 +473,7 @@ class TinySongs:
             tensors[f"voice/{name}/gain"] = v.gain
             tensors[f"voice/{name}/offset"] = v.offset
         meta = {"format": "attnlens.demo.TinySongs/1", "config": json.dumps(self.config())}
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(os.fspath(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TinySongs:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ..files import atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 
 KEY_COLUMNS: tuple[str, ...] = ("prompt_id", "variant", "seed")
 TEXT_COLUMNS: tuple[str, ...] = (
@@ -31,41 +32,6 @@ TEXT_COLUMNS: tuple[str, ...] = (
     "batch_ids",
     "artifact",
 )
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename/creation in it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _line(values: Iterable[Any]) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, fields
 from functools import lru_cache
 from importlib import resources
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_write
 from .tiny import TinyConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -94,16 +94,7 @@ def save_demo_model(
         (WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT})),
         (CONFIG_FILE, lambda p: open(p, "w", encoding="utf-8").write(json.dumps(doc, indent=1) + "\n")),
     ):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, os.path.join(out_dir, fname))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(os.path.join(out_dir, fname), write)
 
 
 def read_demo_config(path: str | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class FakeTransformer:
         self.active: str | None = None
         self.enabled = True
 
-    def load_lora_adapter(self, path, adapter_name):
+    def load_lora_adapter(self, path, adapter_name, use_safetensors=None):
         self.calls.append(("load", adapter_name))
 
     def set_adapters(self, names, weights):

@@ -115,7 +115,7 @@ class _AdapterSwitch:
         if tr is None or not hasattr(tr, "load_lora_adapter"):
             raise TypeError(f"variant {v.name!r} needs pipe.transformer.load_lora_adapter (a diffusers model)")
         if v.name not in self.loaded:
-            tr.load_lora_adapter(v.path, adapter_name=v.name)
+            tr.load_lora_adapter(v.path, adapter_name=v.name, use_safetensors=True)
             self.loaded.add(v.name)
         tr.enable_lora()
         tr.set_adapters([v.name], weights=[v.scale])

@@ -15,6 +15,6 @@ def demo_pipeline(*args, **kwargs):
 
 def demo_vocabulary():
     """The words the demo model can sing."""
-    from attnlens.demo.task import demo_vocabulary as _demo_vocabulary
+    from attnlens.demo.vocab import demo_vocabulary as _demo_vocabulary
 
     return _demo_vocabulary()

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from attnlens.eval import Suite, merge, run, summarize
-from attnlens.eval.store import RowStore
+from attnlens.eval.store import RowStore, read_results
 
 SR = 8000
 
@@ -328,3 +328,22 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert a0.shape == (48_000, 2)
     assert np.array_equal(a0, a1)  # same prompt text, same seed, batch 1: identical audio
     assert not np.allclose(a0, a2)  # another seed
+
+
+def test_alignment_score_column_from_a_capture(tmp_path):
+    import attnlens as al
+
+    pipe = al.models.tiny_pipeline(seed=0)
+    suite = Suite.from_records([{"id": "a", "caption": "folk", "lyrics": "[verse]\nhello world again", "duration": 0.8}])
+    kw = {"num_inference_steps": 2, "guidance_scale": 1.0}
+    res = run(
+        pipe, suite, seeds=[0], transcriber=lambda x: "hello world again", out_dir=tmp_path, generate_kwargs=kw,
+        output="latent", progress=False, alignment_heads="default",
+    )  # fmt: skip
+    # the same score computed independently from a capture of the same generation
+    with al.capture(pipe, layers=[2, 3, 4, 5, 6], heads=[3, 6, 8, 9, 10, 11], steps=[-1], maps=True) as cap:
+        pipe(prompt="folk", lyrics="[verse]\nhello world again", audio_duration=0.8, output_type="latent",
+             generator=torch.Generator().manual_seed(0), **kw)  # fmt: skip
+    expected = al.lyrics_alignment_score(cap, step=-1).score
+    assert res.aas.tolist() == [expected] and 0.0 <= expected <= 1.0
+    assert read_results(tmp_path / "results.csv").aas.tolist() == [expected]

@@ -205,6 +205,7 @@ def run(
     world_size: int | None = None,
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    alignment_heads: Any = None,
 ) -> pd.DataFrame:
     """Evaluate ``suite`` x ``variants`` x ``seeds`` with ``pipe``; resumable. Returns the results table.
 
@@ -217,6 +218,9 @@ def run(
             callable ``decode(audio_or_latents) -> str``.
         out_dir: results.csv (or results.rank{r}.csv), audio/ (or latents/), run.json.
         batch_size: prompts per generation call (default 1: outputs do not depend on batch mates).
+        alignment_heads: when given (``"default"`` for ACE-Step's heads, a dict ``{layer: [heads]}`` or (layer, head)
+            pairs), each generation runs under ``al.capture`` keeping those heads' maps at the last step, and the row
+            gets ``aas``: ACE-Step's lyrics alignment score of that step (4 decimals).
         scorer: optional ``scorer(pipe, entry, seed) -> dict`` called after each generation with the variant's
             adapter active; its keys become columns (name alignment scores ``aas_*`` to have them summarized).
         normalize: text normalization for WER/CER (see :mod:`attnlens.eval.text`).
@@ -272,21 +276,39 @@ def run(
     pending = [u for u in mine if any((e.id, u[1].name, u[2]) not in store.done for e in u[3])]
     switch = _AdapterSwitch(pipe)
     sr = int(getattr(pipe, "sample_rate", 48_000))
+    pairs = None
+    if alignment_heads is not None:
+        from ..analyzers._capture import parse_heads
+        from ..analyzers.aas import DEFAULT_HEADS
+
+        pairs = parse_heads(DEFAULT_HEADS if alignment_heads == "default" else alignment_heads)
     bar = _progress(total, total - todo, progress, desc=f"eval rank {rank}/{world_size}" if world_size > 1 else "eval")
     try:
         for batch_index, variant, seed, entries in pending:
             switch.activate(variant)
             gens = [torch.Generator().manual_seed(seed) for _ in entries]
             t0 = time.perf_counter()
-            result = pipe(
-                prompt=[e.prompt for e in entries] if len(entries) > 1 else entries[0].prompt,
-                lyrics=[e.lyrics for e in entries] if len(entries) > 1 else entries[0].lyrics,
-                audio_duration=max(e.duration for e in entries),
-                vocal_language=[e.language for e in entries] if len(entries) > 1 else entries[0].language,
-                generator=gens if len(entries) > 1 else gens[0],
-                output_type="latent" if output == "latent" else "pt",
-                **gen_kwargs,
-            )
+            cap_ctx = contextlib.nullcontext(None)
+            if pairs is not None:
+                from ..captures.session import capture
+
+                cap_ctx = capture(
+                    pipe,
+                    layers=sorted({a for a, _ in pairs}),
+                    heads=sorted({b for _, b in pairs}),
+                    steps=[-1],
+                    maps=True,
+                )
+            with cap_ctx as cap:
+                result = pipe(
+                    prompt=[e.prompt for e in entries] if len(entries) > 1 else entries[0].prompt,
+                    lyrics=[e.lyrics for e in entries] if len(entries) > 1 else entries[0].lyrics,
+                    audio_duration=max(e.duration for e in entries),
+                    vocal_language=[e.language for e in entries] if len(entries) > 1 else entries[0].language,
+                    generator=gens if len(entries) > 1 else gens[0],
+                    output_type="latent" if output == "latent" else "pt",
+                    **gen_kwargs,
+                )
             gen_s = (time.perf_counter() - t0) / len(entries)
             items = result.audios if hasattr(result, "audios") else result[0]
             batch_ids = "|".join(e.id for e in entries)
@@ -329,6 +351,10 @@ def run(
                     "rank": rank,
                     "world_size": world_size,
                 }
+                if cap is not None:
+                    from ..analyzers.aas import lyrics_alignment_score
+
+                    row["aas"] = lyrics_alignment_score(cap, heads=pairs, step=-1, batch=j).score
                 if scorer is not None:
                     extra = dict(scorer(pipe, e, seed))
                     clash = set(extra) & set(row)

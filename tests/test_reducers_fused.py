@@ -93,3 +93,41 @@ def test_fused_statistics_with_maps_equal_reference():
     assert torch.allclose(got.maps, ref.maps, atol=1e-6)
     assert torch.allclose(got.stats["entropy"], ref.stats["entropy"], atol=5e-6)
     assert torch.equal(got.stats["lyric_argmax"], ref.stats["lyric_argmax"])
+
+
+def test_fused_path_reports_nonfinite_activations():
+    import warnings
+
+    import attnlens as al
+    from attnlens.captures import ItemLayout
+
+    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2)).to(DEV)
+    tr = pipe.transformer
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        hidden_states=torch.randn(1, 24, 8, generator=g),
+        timestep=torch.full((1,), 0.5),
+        timestep_r=torch.full((1,), 0.5),
+        encoder_hidden_states=torch.randn(1, 12, 64, generator=g),
+        context_latents=torch.randn(1, 24, 16, generator=g),
+    )
+    kw = {k: v.to(DEV) for k, v in kw.items()}
+    layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=4)
+
+    def poison(module, args, out):  # a NaN in one key of layer 1
+        out = out.clone()
+        out[0, 3] = float("nan")
+        return out
+
+    h = tr.layers[1].cross_attn.to_k.register_forward_hook(poison)
+    try:
+        with warnings.catch_warnings(record=True) as w, torch.no_grad():
+            warnings.simplefilter("always")
+            with al.capture(tr, layout=layout, reducer="fused") as cap:
+                tr(**kw)
+    finally:
+        h.remove()
+    assert cap.meta["reducer"] == "fused"
+    assert cap.meta["nonfinite"] == [(0, 1)]
+    assert any("non-finite" in str(x.message) for x in w)
+    assert torch.isnan(cap.stats["entropy"][0, 1]).all() and torch.isfinite(cap.stats["entropy"][0, 0]).all()

@@ -492,6 +492,7 @@ class CaptureSession:
                 ).cpu()
                 for name in STAT_NAMES
             }
+        if self.keep_stats:  # both reducers propagate NaN/Inf logits into the entropy: name where it happened
             bad = torch.isnan(cap.stats["entropy"]).flatten(2).any(-1)  # [step, layer]
             if bad.any():
                 where = [(cap.steps[s], self.layers[li]) for s, li in bad.nonzero().tolist()]

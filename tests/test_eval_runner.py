@@ -334,7 +334,9 @@ def test_alignment_score_column_from_a_capture(tmp_path):
     import attnlens as al
 
     pipe = al.models.tiny_pipeline(seed=0)
-    suite = Suite.from_records([{"id": "a", "caption": "folk", "lyrics": "[verse]\nhello world again", "duration": 0.8}])
+    suite = Suite.from_records(
+        [{"id": "a", "caption": "folk", "lyrics": "[verse]\nhello world again", "duration": 0.8}]
+    )
     kw = {"num_inference_steps": 2, "guidance_scale": 1.0}
     res = run(
         pipe, suite, seeds=[0], transcriber=lambda x: "hello world again", out_dir=tmp_path, generate_kwargs=kw,

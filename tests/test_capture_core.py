@@ -382,3 +382,22 @@ def test_no_growth_over_100_captures(pipe):
     assert attnlens_hooks(pipe.transformer) == [] and attnlens_hooks(pipe.text_encoder) == []
     assert objs - base_objs < 200, objs - base_objs
     assert mem - base_mem < 2 << 20, mem - base_mem
+
+
+def test_host_block_slots_and_fallbacks():
+    from attnlens.captures.session import _HostBlock
+
+    hb = _HostBlock(2, inner=(3,))
+    xs = {(s, li): torch.full((4,), float(10 * s + li)) for s in range(2) for li in range(3)}
+    for idx, x in xs.items():
+        out = hb.put(idx, x)
+        assert torch.equal(out, x) and out.data_ptr() == hb.block[idx].data_ptr()
+    assert hb.complete(1) is None  # fewer steps than slots: not the whole block
+    block = hb.complete(2)
+    assert block.shape == (2, 3, 4) and torch.equal(block[1, 2], torch.full((4,), 12.0))
+    extra = hb.put((2, 0), torch.ones(4))  # a step past the expected ones keeps its own copy
+    assert torch.equal(extra, torch.ones(4)) and hb.block.shape[0] == 2
+    partial = _HostBlock(2)
+    partial.put((0,), torch.zeros(2))
+    assert partial.complete(2) is None  # a slot never written
+    assert _HostBlock(None).put((0,), torch.ones(2)).shape == (2,)  # unknown step count: per-step copies

@@ -15,6 +15,7 @@ Hooks (all removed in ``finally``, also when the pipeline raises):
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -135,12 +136,12 @@ class CaptureSession:
         self._step_bufs: list[dict[str, torch.Tensor]] = []
         self._t_pending: dict[int, torch.Tensor] = {}
         self._pending_copies = False
-        self._host: dict[str, torch.Tensor] | None = None
+        self._host: dict[str, _HostBlock] | None = None
         self._fused: bool | None = None
         self._done: set[tuple[int, int]] = set()
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_layers = False
-        self._maps_host: torch.Tensor | None = None
+        self._maps_host: _HostBlock | None = None
         self.stash_budget_bytes = 64 << 20
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
@@ -209,6 +210,10 @@ class CaptureSession:
                 return len(ts)
         return None
 
+    def _expected_steps(self) -> int | None:
+        """How many steps will be kept, when that is known."""
+        return len(self._kept) if self._kept else self._total_steps()
+
     def _on_step_begin(self, module, args, kwargs):
         t = self.adapter.timestep_of_call(args, kwargs)
         cap = self.capture
@@ -253,18 +258,9 @@ class CaptureSession:
         bufs = self._step_bufs[pos]
         if next(iter(bufs.values())).device.type != "cuda":
             return
-        n = len(self._kept) if self._kept else self._total_steps()
-        if self._host is None and n:
-            # one pinned block for all expected steps: no per-step allocation, no stacking at the end
-            self._host = {
-                name: torch.empty((n, *buf.shape), dtype=buf.dtype, pin_memory=True) for name, buf in bufs.items()
-            }
-        if self._host is not None and pos < next(iter(self._host.values())).shape[0]:
-            for name, buf in bufs.items():
-                self._host[name][pos].copy_(buf, non_blocking=True)
-            self._step_bufs[pos] = {name: self._host[name][pos] for name in bufs}
-        else:
-            self._step_bufs[pos] = {name: _to_cpu(buf) for name, buf in bufs.items()}
+        if self._host is None:
+            self._host = {name: _HostBlock(self._expected_steps()) for name in bufs}
+        self._step_bufs[pos] = {name: self._host[name].put((pos,), buf) for name, buf in bufs.items()}
         self._pending_copies = True
 
     def _prepare_layout(self, args, kwargs) -> None:
@@ -406,16 +402,9 @@ class CaptureSession:
             if li == 0:
                 self._map_count += 1
             return
-        n = len(self._kept) if self._kept else self._total_steps()
-        if self._maps_host is None and n:
-            self._maps_host = torch.empty(
-                (n, len(self.layers), *maps.shape), dtype=maps.dtype, pin_memory=maps.device.type == "cuda"
-            )
-        if self._maps_host is not None and self._step_pos < self._maps_host.shape[0]:
-            self._maps_host[self._step_pos, li].copy_(maps, non_blocking=True)
-            self._maps[(self._step_pos, li)] = self._maps_host[self._step_pos, li]
-        else:
-            self._maps[(self._step_pos, li)] = _to_cpu(maps)
+        if self._maps_host is None:
+            self._maps_host = _HostBlock(self._expected_steps(), inner=(len(self.layers),))
+        self._maps[(self._step_pos, li)] = self._maps_host.put((self._step_pos, li), maps)
 
     def _stash_fits(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         """Batch all layers of a step into one launch when holding their Q/K costs little memory."""
@@ -477,11 +466,9 @@ class CaptureSession:
             )
         if self.keep_stats and self._step_bufs:
             # fused path: per-step buffers [layer, batch, head, frame(, segment)] -> [step, layer, ...]
-            ns_host = next(iter(self._host.values())).shape[0] if self._host is not None else -1
-            if ns_host == len(self._step_bufs) and all(
-                b["entropy"].data_ptr() == self._host["entropy"][i].data_ptr() for i, b in enumerate(self._step_bufs)
-            ):
-                cap.stats = dict(self._host)
+            blocks = {name: h.complete(ns) for name, h in (self._host or {}).items()}
+            if blocks and all(b is not None for b in blocks.values()):
+                cap.stats = blocks  # every slot written in place: no copy
             else:
                 cap.stats = {name: torch.stack([b[name] for b in self._step_bufs]).cpu() for name in STAT_NAMES}
         elif self.keep_stats:
@@ -503,9 +490,9 @@ class CaptureSession:
                     stacklevel=3,
                 )
         if self._maps:
-            host = self._maps_host
-            if host is not None and host.shape[0] == ns and len(self._maps) == ns * nl:
-                cap.maps = host  # every slot written in place: no copy
+            block = self._maps_host.complete(ns) if self._maps_host is not None else None
+            if block is not None:
+                cap.maps = block  # every slot written in place: no copy
             else:
                 cap.maps = torch.stack([torch.stack([self._maps[(s, li)] for li in range(nl)]) for s in range(ns)])
         if self._map_sum:
@@ -516,6 +503,37 @@ class CaptureSession:
         except StopIteration:
             pass
         cap.meta["dtype"] = dtype
+
+
+class _HostBlock:
+    """One CPU tensor (pinned when the source is on CUDA) with a slot for every expected step: :meth:`put` copies
+    into a slot without waiting, so nothing is allocated per step and nothing is stacked at the end. A slot past
+    the expected steps (an extra transformer call) gets its own copy instead."""
+
+    def __init__(self, n_steps: int | None, inner: tuple[int, ...] = ()):
+        self.n_steps = n_steps
+        self.inner = inner  # dims between the step and the tensor's own, e.g. (n_layers,)
+        self.block: torch.Tensor | None = None
+        self.written: set[tuple[int, ...]] = set()
+
+    def put(self, index: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+        """Copy ``x`` into slot ``index`` (``(step, *inner)``); returns the CPU tensor that holds it."""
+        if self.block is None and self.n_steps:
+            shape = (self.n_steps, *self.inner, *x.shape)
+            self.block = torch.empty(shape, dtype=x.dtype, pin_memory=x.device.type == "cuda")
+        if self.block is None or index[0] >= self.n_steps:
+            return _to_cpu(x)
+        slot = self.block[index]
+        slot.copy_(x, non_blocking=True)
+        self.written.add(index)
+        return slot
+
+    def complete(self, n_steps: int) -> torch.Tensor | None:
+        """The whole block when exactly ``n_steps`` steps ran and every slot was written, else ``None``."""
+        n_slots = n_steps * math.prod(self.inner)
+        if self.block is None or self.block.shape[0] != n_steps or len(self.written) != n_slots:
+            return None
+        return self.block
 
 
 def _check_generation(previous: float | None, t: float) -> None:

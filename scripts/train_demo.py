@@ -33,15 +33,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
     ap.add_argument("--eval-lines", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--align-lines", type=int, default=24, help="held-out lines for the alignment report (0: skip)")
+    ap.add_argument("--entropy-weight", type=float, default=0.0, help="lyric-only cross-attention entropy penalty")
+    ap.add_argument(
+        "--arch",
+        default="",
+        help="architecture overrides of DEMO_CONFIG as k=v,k=v (e.g. dit_hidden=64,head_dim=8,lyric_layers=1)",
+    )
     args = ap.parse_args(argv)
+
+    from dataclasses import fields, replace
 
     from diffusers import AceStepPipeline
 
+    from attnlens.demo.check import alignment_report
     from attnlens.demo.task import TinySongs
     from attnlens.demo.training import check_condition_matches_pipeline, make_groups, quick_eval, render_examples, train
     from attnlens.models.demo import DEMO_CONFIG, build_demo_components, save_demo_model
 
     t_start = time.perf_counter()
+    types = {f.name: f.type for f in fields(DEMO_CONFIG)}
+    over = {}
+    for kv in filter(None, args.arch.split(",")):
+        k, v = kv.split("=")
+        if k not in types:
+            raise SystemExit(f"--arch: unknown field {k!r}; known: {sorted(types)}")
+        over[k] = None if v == "none" else (v == "true" if types[k] == "bool" else int(v))
+    config = replace(DEMO_CONFIG, **over)
     task = TinySongs()  # the evaluation task: 4-8 words
     train_cfg = {**task.config(), "n_words_range": [1, 8]}  # same words, voices and split; shorter lines too
     train_task = TinySongs(**{**train_cfg, "n_words_range": (1, 8)})
@@ -52,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = render_examples(train_cfg, args.examples, args.seed, workers=args.workers)
     print(f"rendered {len(examples)} examples in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    pipe = AceStepPipeline(**build_demo_components(DEMO_CONFIG, seed=args.seed))
+    pipe = AceStepPipeline(**build_demo_components(config, seed=args.seed))
     pipe.set_progress_bar_config(disable=True)
     pipe.to(args.device)
     # the piecewise conditioning equals the pipeline's own (checked at initialization, fp32)
@@ -78,11 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         bf16=args.bf16,
         log_every=args.log_every,
         max_seconds=args.max_seconds,
+        entropy_weight=args.entropy_weight,
         log=lambda s: print(s, flush=True),
     )
     t0 = time.perf_counter()
     ev = quick_eval(pipe, task, n=args.eval_lines) if args.eval_lines else {}
     print(f"held-out WER (batched, {args.eval_lines} lines): {ev.get('wer')} ({time.perf_counter() - t0:.1f} s)")
+    if args.align_lines:
+        t0 = time.perf_counter()
+        ev["alignment"] = alignment_report(pipe, task, n=args.align_lines)
+        print(f"alignment ({time.perf_counter() - t0:.1f} s): {json.dumps(ev['alignment'])}", flush=True)
     dev_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     meta = {
         "task": task.config(),
@@ -100,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     save_demo_model(
-        {k: getattr(pipe, k) for k in ("transformer", "condition_encoder", "text_encoder", "vae")}, args.out, meta
+        {k: getattr(pipe, k) for k in ("transformer", "condition_encoder", "text_encoder", "vae")},
+        args.out,
+        meta,
+        config=config,
     )
     print(json.dumps({k: v for k, v in meta["training"].items() if k != "loss_log"}, indent=1))
     return 0

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import attnlens as al
+from attnlens.demo.check import best_monotonic, captured_runs, start_hits
 from attnlens.demo.decoder import WordDecoder, corpus_wer
 from attnlens.demo.training import generate, word_errors
 from attnlens.models.demo import demo_task, read_demo_config
 
 N_LINES = 40  # WER test (generation only)
 N_ALIGN = 24  # alignment tests (captured with full maps; slow on a CPU)
-FRAME_S = 0.08  # one DiT frame (12.5 Hz)
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +28,10 @@ def model():
     return pipe, task, WordDecoder(task)
 
 
-def _runs(model, n: int) -> list[dict]:
+def _runs(model, n: int) -> list:
     """``n`` held-out lines, batch 1, 8 steps, captured with full maps; decoded and forced-aligned."""
-    pipe, task, dec = model
-    exs = task.make_dataset(n, seed=2026, split="test")
-    out = []
-    for i, ex in enumerate(exs):
-        with al.capture(pipe, maps=True, reducer="reference") as cap:
-            lat = generate(pipe, [ex["caption"]], [ex["lyrics"]], [10_000 + i])[0]
-        out.append(
-            {
-                "ex": ex,
-                "cap": cap,
-                "decoded": dec.decode(lat),
-                "forced": dec.align(lat, ex["words"]),
-                "table": al.analyze(cap),
-            }
-        )
-    return out
+    pipe, task, _ = model
+    return captured_runs(pipe, task, n, seed=2026)
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +87,11 @@ def test_sung_words_follow_the_lyrics(model):
 
 
 def _best_monotonic(runs) -> tuple[float, tuple[int, int]]:
-    import pandas as pd
-
-    df = pd.concat([r["table"] for r in runs])
-    m = df.groupby(["layer", "head"])["monotonic_alignment_sung"].mean()
-    return float(m.max()), tuple(int(x) for x in m.idxmax())
+    return best_monotonic(runs)
 
 
 def _start_hits(runs, top_k: int = 4) -> tuple[int, int]:
-    hits = total = 0
-    for r in runs:
-        heads = al.find_alignment_heads(r["cap"], top_k=top_k, table=r["table"])
-        got = [w.start for w in al.align(r["cap"], heads, step=-1).words]
-        ref = r["forced"].starts_s
-        hits += sum(abs(g - t) <= 2 * FRAME_S + 1e-9 for g, t in zip(got, ref))
-        total += len(ref)
-    return hits, total
+    return start_hits(runs, top_k=top_k)
 
 
 ALIGNMENT_SHORTFALL = (
@@ -144,5 +119,5 @@ def test_alignment_pipeline_runs_and_is_scored(model):
     runs = _runs(model, 2)
     best, _ = _best_monotonic(runs)
     hits, total = _start_hits(runs)
-    assert 0.0 <= best <= 1.0 and 0 <= hits <= total and total == sum(len(r["ex"]["words"]) for r in runs)
-    assert torch.isfinite(torch.as_tensor(runs[0]["cap"].stats["entropy"])).all()
+    assert 0.0 <= best <= 1.0 and 0 <= hits <= total and total == sum(len(r.ex["words"]) for r in runs)
+    assert torch.isfinite(torch.as_tensor(runs[0].cap.stats["entropy"])).all()

@@ -58,7 +58,7 @@ def _items(n=3, seed=0):
 def _eval_loss(trainer, n=6):
     trainer.model.eval()
     with torch.no_grad():
-        losses = [float(trainer._micro_step([trainer.data[i % len(trainer.data)]], _step_generator(123, i))["fm_loss"])
+        losses = [float(trainer._micro_step([trainer.data[i % len(trainer.data)]], [_step_generator(123, i)])["fm_loss"])
                   for i in range(n)]  # fmt: skip
     return sum(losses) / n
 
@@ -118,6 +118,23 @@ def test_resume_is_bitwise_equal_and_adapter_reproduces_outputs(base, tmp_path):
         assert torch.equal(fresh.transformer(**inp)[0], pipe.transformer(**inp)[0])
 
 
+def test_accumulation_equals_one_big_batch(base, tmp_path):
+    """Item j's noise and time depend only on (seed, j): batch 4 equals 2 accumulated batches of 2 (the same
+    split DDP makes across processes), up to the order of floating-point sums."""
+    kw = dict(steps=3, save_every=3, lr=2e-3, progress=False, entropy_weight=0.05, entropy_keys="lyrics",
+              warmup_steps=1, seed=3)  # fmt: skip
+    ds = AudioLyricsDataset.from_latents(_items(5))
+    lora = LoraConfig(rank=4, alpha=8)
+    Trainer(_pipe(base), lora, ds, out_dir=str(tmp_path / "big"), batch_size=4, grad_accum=1, **kw).fit()
+    Trainer(_pipe(base), lora, ds, out_dir=str(tmp_path / "acc"), batch_size=2, grad_accum=2, **kw).fit()
+    Trainer(_pipe(base), lora, ds, out_dir=str(tmp_path / "other"), batch_size=4, grad_accum=1,
+            **{**kw, "seed": 4}).fit()  # fmt: skip
+    a, b, c = (_final_adapter(str(tmp_path / n)) for n in ("big", "acc", "other"))
+    same = max(float((a[k] - b[k]).abs().max()) for k in a)
+    other = max(float((a[k] - c[k]).abs().max()) for k in a)
+    assert same < 1e-5 and other > 1e-3, (same, other)
+
+
 def test_entropy_penalty_lowers_entropy(base, tmp_path):
     KEYS = "all"
     from attnlens.reducers.differentiable import EntropyTap
@@ -130,7 +147,7 @@ def test_entropy_penalty_lowers_entropy(base, tmp_path):
             torch.no_grad(),
             EntropyTap(trainer.pipe.transformer, keys=KEYS, lyric_positions=[it.lyric_positions]) as tap,
         ):
-            trainer._micro_step([it], _step_generator(0, 0))
+            trainer._micro_step([it], [_step_generator(0, 0)])
             return float(tap.mean())
 
     def run(weight, out):
@@ -161,7 +178,7 @@ def test_lyric_entropy_gradient_step_through_the_model(base, tmp_path):
 
     def value():
         with EntropyTap(tr.pipe.transformer, keys="lyrics", lyric_positions=[it.lyric_positions]) as tap:
-            tr._micro_step([it], _step_generator(0, 0))
+            tr._micro_step([it], [_step_generator(0, 0)])
             return tap.mean()
 
     tr.model.eval()

@@ -37,6 +37,7 @@ class Group:
     latents: torch.Tensor  # [N, T, C] float32
     lyric_ids: torch.Tensor  # [N, L] int64
     caption_idx: torch.Tensor  # [N] int64 (into the caption table)
+    lyric_pos: list[int] | None = None  # packed key positions of the sung words (the same for every item)
 
 
 def _render_chunk(args: tuple[dict[str, Any], int, int]) -> list[dict[str, Any]]:
@@ -93,14 +94,21 @@ def make_groups(pipe: Any, task: Any, examples: Sequence[dict[str, Any]]) -> lis
     by_n: dict[int, list[dict[str, Any]]] = {}
     for ex in examples:
         by_n.setdefault(len(ex["words"]), []).append(ex)
+    from attnlens.train.conditioning import encode_condition
+
     groups = []
     for n, exs in sorted(by_n.items()):
+        cond = encode_condition(pipe, [exs[0]["caption"]], [exs[0]["lyrics"]], DURATION_S)
+        pos = cond.lyric_positions()[0]
+        if len(pos) != n:
+            raise AssertionError(f"{len(pos)} sung lyric keys for {n} words in {exs[0]['lyrics']!r}")
         groups.append(
             Group(
                 n_words=n,
                 latents=torch.from_numpy(np.stack([ex["latents"] for ex in exs])).float(),
                 lyric_ids=lyric_ids(pipe, [ex["lyrics"] for ex in exs]),
                 caption_idx=torch.tensor([caps[ex["caption"]] for ex in exs], dtype=torch.long),
+                lyric_pos=pos,
             )
         )
     return groups
@@ -162,14 +170,20 @@ def train(
     bf16: bool = False,
     log_every: int = 100,
     max_seconds: float | None = None,
+    entropy_weight: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Flow-matching training of the DiT and condition encoder; the EMA weights are copied in at the end.
 
     Learning rate: linear warmup over ``warmup`` steps, then cosine to 0 at ``steps``. Groups are drawn in
     proportion to their size, items uniformly within the group. ``max_seconds`` stops early (the record says
-    where). Returns the training record (losses, steps done, seconds).
+    where). ``entropy_weight`` > 0 adds ``entropy_weight × mean normalized lyric-only cross-attention entropy``
+    (:class:`attnlens.reducers.differentiable.EntropyTap`, ``keys="lyrics"``, every layer; groups with a single
+    sung word take no penalty). Returns the training record (losses, steps done, seconds).
     """
+    import contextlib
+
+    from attnlens.reducers.differentiable import EntropyTap
     from attnlens.train.flow import flow_matching_loss, noisy_latents, shift_time
 
     dev = pipe.transformer.device
@@ -200,7 +214,9 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     cap_h = encode_captions(pipe, caption_table(task), dev)
-    gdev = [Group(g.n_words, g.latents.to(dev), g.lyric_ids.to(dev), g.caption_idx.to(dev)) for g in groups]
+    gdev = [
+        Group(g.n_words, g.latents.to(dev), g.lyric_ids.to(dev), g.caption_idx.to(dev), g.lyric_pos) for g in groups
+    ]
     sizes = torch.tensor([len(g.latents) for g in groups], dtype=torch.float64)
     probs = sizes / sizes.sum()
     acoustic = pipe.transformer.config.audio_acoustic_hidden_dim
@@ -219,7 +235,11 @@ def train(
         xt = noisy_latents(x0, noise, t)
         src = torch.zeros(B, T, acoustic, device=dev)  # the zero silence latent, tiled
         ctx = torch.cat([src, torch.ones(B, T, acoustic, device=dev)], dim=-1)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        use_tap = entropy_weight > 0 and g.lyric_pos is not None and len(g.lyric_pos) >= 2
+        tap = (
+            EntropyTap(pipe.transformer, keys="lyrics", lyric_positions=[g.lyric_pos] * batch_size) if use_tap else None
+        )
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16), tap or contextlib.nullcontext():
             ehs = condition(pipe, cap_h, g.lyric_ids[idx], g.caption_idx[idx])
             pred = pipe.transformer(
                 hidden_states=xt,
@@ -230,6 +250,9 @@ def train(
                 return_dict=False,
             )[0]
         loss = flow_matching_loss(pred, x0, noise)
+        if tap is not None:
+            ent = tap.mean()
+            loss = loss + entropy_weight * ent.float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -248,8 +271,9 @@ def train(
             log(f"{per_step * 1e3:.1f} ms/step: training for {total[0]} steps")
         if done % log_every == 0:
             losses.append((done, float(loss.detach())))
+            ent_s = f"  lyric entropy {float(ent.detach()):.3f}" if tap is not None else ""
             log(
-                f"step {done:6d}  loss {losses[-1][1]:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"step {done:6d}  loss {losses[-1][1]:.4f}{ent_s}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{time.perf_counter() - t0:7.1f} s"
             )
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
@@ -276,6 +300,7 @@ def train(
         "shift": shift,
         "seed": seed,
         "bf16": bf16,
+        "entropy_weight": entropy_weight,
         "seconds": round(seconds, 1),
         "loss_log": losses,
         "final_loss": losses[-1][1] if losses else None,

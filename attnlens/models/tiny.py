@@ -40,6 +40,7 @@ class TinyConfig:
     timbre_dim: int = 8  # 64
     vae_channels: int = 4  # 128
     is_turbo: bool = True
+    encoder_sliding_window: int | None = None  # condition encoder's window (None: same as sliding_window)
 
 
 def build_components(config: TinyConfig | None = None, seed: int = 0) -> dict:
@@ -93,7 +94,7 @@ def build_components(config: TinyConfig | None = None, seed: int = 0) -> dict:
             num_key_value_heads=2,
             head_dim=8,
             rope_theta=10000.0,
-            sliding_window=c.sliding_window,
+            sliding_window=c.sliding_window if c.encoder_sliding_window is None else c.encoder_sliding_window,
         )
         with warnings.catch_warnings():  # diffusers' Oobleck still uses the deprecated weight_norm helper
             warnings.simplefilter("ignore", FutureWarning)

@@ -219,17 +219,24 @@ class Trainer:
         return set(lora_parameters(self.pipe.transformer, self.cfg.adapter_name))
 
     # ------------------------------------------------------------------------------------------- data
-    def _batch(self, step: int, micro: int) -> tuple[list[Prepared], torch.Generator]:
+    def _batch(self, step: int, micro: int) -> tuple[list[Prepared], list[torch.Generator]]:
+        """The items of one micro-batch and one generator per item (its noise and time).
+
+        Item ``j`` of the run (counting over steps, micro-batches and ranks) and its generator depend only on
+        ``(seed, j)``: one process with batch ``b``, ``k`` accumulation steps of ``b / k`` or ``w`` DDP processes of
+        ``b / w`` see the same samples with the same noise and times.
+        """
         cfg = self.cfg
         n = len(self.data)
         per_step = cfg.batch_size * cfg.grad_accum * self.world
         first = step * per_step + (micro * self.world + self.rank) * cfg.batch_size
-        items = []
+        items, gens = [], []
         for j in range(first, first + cfg.batch_size):
             epoch, pos = divmod(j, n)
             perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
             items.append(self.data[int(perm[pos])])
-        return items, _step_generator(cfg.seed, step, micro, self.rank)
+            gens.append(_step_generator(cfg.seed, j))
+        return items, gens
 
     def _condition(self, items: list[Prepared]) -> tuple[torch.Tensor, list[list[int]]]:
         if len(items) == 1 or len({it.encoder_hidden_states.shape for it in items}) == 1:
@@ -247,7 +254,7 @@ class Trainer:
         return cond.encoder_hidden_states.float(), cond.lyric_positions()
 
     # ------------------------------------------------------------------------------------------- step
-    def _micro_step(self, items: list[Prepared], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def _micro_step(self, items: list[Prepared], gens: list[torch.Generator]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         lengths = {it.latents.shape for it in items}
         if len(lengths) != 1:
@@ -256,8 +263,13 @@ class Trainer:
             )
         x0 = torch.stack([it.latents for it in items])  # [B, T, C]
         B, T, _ = x0.shape
-        noise = torch.randn(x0.shape, generator=gen)
-        t = sample_times(B, gen, cfg.time_sampling, cfg.shift, cfg.turbo_steps, cfg.logit_mean, cfg.logit_std)
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])  # [B, T, C]
+        t = torch.cat(
+            [
+                sample_times(1, g, cfg.time_sampling, cfg.shift, cfg.turbo_steps, cfg.logit_mean, cfg.logit_std)
+                for g in gens
+            ]
+        )
         ehs, lyric_pos = self._condition(items)
         dev = self.device
         x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
@@ -549,8 +561,9 @@ def _make_accelerator(cfg: TrainConfig):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not torch.cuda.is_available():
         return None  # one CPU process: plain loop (no wrapper, bitwise reproducible)
-    PartialState()
-    return Accelerator(mixed_precision="no")  # autocast is applied by the trainer itself
+    cpu = not torch.cuda.is_available()  # several CPU processes (torchrun): gloo, as accelerate's MULTI_CPU
+    PartialState(cpu=cpu)
+    return Accelerator(mixed_precision="no", cpu=cpu)  # autocast is applied by the trainer itself
 
 
 def train_lora(pipe: Any, lora: LoraConfig, dataset: Any, config: TrainConfig | None = None, **overrides: Any) -> str:

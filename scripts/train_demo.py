@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--align-lines", type=int, default=24, help="held-out lines for the alignment report (0: skip)")
     ap.add_argument("--entropy-weight", type=float, default=0.0, help="lyric-only cross-attention entropy penalty")
+    ap.add_argument("--guide-weight", type=float, default=0.0, help="guided-attention loss on --guide-head")
+    ap.add_argument("--guide-head", default="1,0", help="layer,query head trained to follow the sung word")
     ap.add_argument(
         "--arch",
         default="",
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every,
         max_seconds=args.max_seconds,
         entropy_weight=args.entropy_weight,
+        guide_weight=args.guide_weight,
+        guide_head=tuple(int(x) for x in args.guide_head.split(",")),
         log=lambda s: print(s, flush=True),
     )
     t0 = time.perf_counter()

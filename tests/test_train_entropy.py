@@ -75,9 +75,10 @@ def test_gradient_matches_finite_differences(masked):
 def test_chunking_does_not_change_values_float32():
     q, k = _qk(T=40)
     q, k = q.detach().float(), k.detach().float()
-    a = attention_entropy(q, k, 0.5, chunk_bytes=1)
-    b = attention_entropy(q, k, 0.5, chunk_bytes=1 << 30)
-    assert torch.max(torch.abs(a - b)) < 1e-6
+    a = attention_entropy(q, k, 0.5, chunk_bytes=1, impl="recompute")
+    b = attention_entropy(q, k, 0.5, chunk_bytes=1 << 30, impl="recompute")
+    # one frame per chunk vs one chunk: the BLAS may order the sums differently (2.4e-6 seen on a 16-core host)
+    assert torch.max(torch.abs(a - b)) < 1e-5
 
 
 def test_too_few_lyric_keys_is_an_error():

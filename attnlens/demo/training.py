@@ -38,6 +38,7 @@ class Group:
     lyric_ids: torch.Tensor  # [N, L] int64
     caption_idx: torch.Tensor  # [N] int64 (into the caption table)
     lyric_pos: list[int] | None = None  # packed key positions of the sung words (the same for every item)
+    frame_word: torch.Tensor | None = None  # [N, T_dit] int64: word sung at each DiT frame, -1 in gaps/lead-in/tail
 
 
 def _render_chunk(args: tuple[dict[str, Any], int, int]) -> list[dict[str, Any]]:
@@ -96,6 +97,7 @@ def make_groups(pipe: Any, task: Any, examples: Sequence[dict[str, Any]]) -> lis
         by_n.setdefault(len(ex["words"]), []).append(ex)
     from attnlens.train.conditioning import encode_condition
 
+    patch = int(pipe.transformer.config.patch_size)
     groups = []
     for n, exs in sorted(by_n.items()):
         cond = encode_condition(pipe, [exs[0]["caption"]], [exs[0]["lyrics"]], DURATION_S)
@@ -109,6 +111,7 @@ def make_groups(pipe: Any, task: Any, examples: Sequence[dict[str, Any]]) -> lis
                 lyric_ids=lyric_ids(pipe, [ex["lyrics"] for ex in exs]),
                 caption_idx=torch.tensor([caps[ex["caption"]] for ex in exs], dtype=torch.long),
                 lyric_pos=pos,
+                frame_word=torch.from_numpy(np.stack([frame_words(ex, patch) for ex in exs])),
             )
         )
     return groups
@@ -149,6 +152,76 @@ def check_condition_matches_pipeline(pipe: Any, task: Any, examples: Sequence[di
     return float((ours - ref.float()).abs().max())
 
 
+def frame_words(ex: dict[str, Any], patch: int = 2) -> np.ndarray:
+    """Word index sung at each DiT frame ``[T // patch]`` (int64; -1 where no word is sung).
+
+    DiT frame ``f`` covers latent frames ``patch·f .. patch·f + patch - 1``; it takes word ``i`` when its first latent
+    frame lies in ``[word_starts[i], word_ends[i])``.
+    """
+    T = len(ex["latents"]) // patch
+    out = np.full(T, -1, dtype=np.int64)
+    first = np.arange(T) * patch
+    for i, (a, b) in enumerate(zip(ex["word_starts"], ex["word_ends"])):
+        out[(first >= a) & (first < b)] = i
+    return out
+
+
+class HeadGuide:
+    """Guided-attention loss on one cross-attention head (the demo model's known alignment head).
+
+    For layer ``layer``, query head ``head`` and the sung lyric keys ``L`` of the batch (same positions for every
+    item), with ``s_fj = scale · q_f · k_j`` and target word ``w(f)`` (:func:`frame_words`)::
+
+        loss = mean over frames with a word of  -log softmax_{j in L}(s_f)[w(f)]
+
+    Only the lyric-renormalized distribution of that head is trained; frames in gaps take no loss. Hooks on the
+    layer's ``cross_attn.norm_q`` / ``norm_k`` (through the adapter), removed when the block ends.
+    """
+
+    def __init__(self, transformer: Any, layer: int, head: int, lyric_pos: list[int], targets: torch.Tensor):
+        from attnlens.adapters import adapter_for
+        from attnlens.taps.hooks import HookSet
+
+        self.adapter = adapter_for(transformer)
+        f = self.adapter.facts
+        self.layer, self.head, self.kvh = layer, head, head // f.group
+        self.scale = f.scale
+        self.pos = torch.as_tensor(lyric_pos, dtype=torch.long)
+        self.targets = targets  # [B, T_dit]
+        self.hooks = HookSet()
+        self._q: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None
+
+    def __enter__(self) -> HeadGuide:
+        qm, km = self.adapter.query_key_modules(self.layer)
+        try:
+            self.hooks.forward(qm, self._on_q)
+            self.hooks.forward(km, self._on_k)
+        except BaseException:
+            self.hooks.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.remove()
+        self._q = None
+
+    def _on_q(self, module, args, output):
+        self._q = output  # [B, T, H, D]
+
+    def _on_k(self, module, args, output):  # [B, S, KVH, D]
+        if self._q is None or self.loss is not None:
+            return
+        q = self._q[:, :, self.head].float()  # [B, T, D]
+        k = output[:, self.pos.to(output.device), self.kvh].float()  # [B, n, D]
+        logp = torch.log_softmax(torch.einsum("btd,bnd->btn", q, k) * self.scale, dim=-1)  # [B, T, n]
+        tgt = self.targets.to(logp.device)
+        ok = tgt >= 0
+        picked = logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]  # [B, T]
+        self.loss = -(picked * ok).sum() / ok.sum().clamp(min=1)
+        self._q = None
+
+
 def trainable_modules(pipe: Any) -> list[torch.nn.Module]:
     ce = pipe.condition_encoder
     return [pipe.transformer, ce.text_projector, ce.lyric_encoder, ce.timbre_encoder]
@@ -171,6 +244,8 @@ def train(
     log_every: int = 100,
     max_seconds: float | None = None,
     entropy_weight: float = 0.0,
+    guide_weight: float = 0.0,
+    guide_head: tuple[int, int] = (1, 0),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Flow-matching training of the DiT and condition encoder; the EMA weights are copied in at the end.
@@ -179,7 +254,9 @@ def train(
     proportion to their size, items uniformly within the group. ``max_seconds`` stops early (the record says
     where). ``entropy_weight`` > 0 adds ``entropy_weight × mean normalized lyric-only cross-attention entropy``
     (:class:`attnlens.reducers.differentiable.EntropyTap`, ``keys="lyrics"``, every layer; groups with a single
-    sung word take no penalty). Returns the training record (losses, steps done, seconds).
+    sung word take no penalty). ``guide_weight`` > 0 adds ``guide_weight ×`` the :class:`HeadGuide` loss of
+    ``guide_head = (layer, query head)`` on groups with at least 2 words. Returns the training record (losses,
+    steps done, seconds).
     """
     import contextlib
 
@@ -215,7 +292,8 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     cap_h = encode_captions(pipe, caption_table(task), dev)
     gdev = [
-        Group(g.n_words, g.latents.to(dev), g.lyric_ids.to(dev), g.caption_idx.to(dev), g.lyric_pos) for g in groups
+        Group(g.n_words, g.latents.to(dev), g.lyric_ids.to(dev), g.caption_idx.to(dev), g.lyric_pos, g.frame_word)
+        for g in groups
     ]
     sizes = torch.tensor([len(g.latents) for g in groups], dtype=torch.float64)
     probs = sizes / sizes.sum()
@@ -239,7 +317,17 @@ def train(
         tap = (
             EntropyTap(pipe.transformer, keys="lyrics", lyric_positions=[g.lyric_pos] * batch_size) if use_tap else None
         )
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16), tap or contextlib.nullcontext():
+        use_guide = guide_weight > 0 and g.frame_word is not None and g.n_words >= 2
+        guide = (
+            HeadGuide(pipe.transformer, guide_head[0], guide_head[1], g.lyric_pos, g.frame_word[idx])
+            if use_guide
+            else None
+        )
+        with (
+            torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16),
+            tap or contextlib.nullcontext(),
+            guide or contextlib.nullcontext(),
+        ):
             ehs = condition(pipe, cap_h, g.lyric_ids[idx], g.caption_idx[idx])
             pred = pipe.transformer(
                 hidden_states=xt,
@@ -253,6 +341,8 @@ def train(
         if tap is not None:
             ent = tap.mean()
             loss = loss + entropy_weight * ent.float()
+        if guide is not None:
+            loss = loss + guide_weight * guide.loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -272,6 +362,7 @@ def train(
         if done % log_every == 0:
             losses.append((done, float(loss.detach())))
             ent_s = f"  lyric entropy {float(ent.detach()):.3f}" if tap is not None else ""
+            ent_s += f"  guide {float(guide.loss.detach()):.3f}" if guide is not None else ""
             log(
                 f"step {done:6d}  loss {losses[-1][1]:.4f}{ent_s}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{time.perf_counter() - t0:7.1f} s"
@@ -301,6 +392,8 @@ def train(
         "seed": seed,
         "bf16": bf16,
         "entropy_weight": entropy_weight,
+        "guide_weight": guide_weight,
+        "guide_head": list(guide_head),
         "seconds": round(seconds, 1),
         "loss_log": losses,
         "final_loss": losses[-1][1] if losses else None,

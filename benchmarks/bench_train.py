@@ -11,12 +11,17 @@ Cases (forward + flow-matching loss + backward + optimizer step):
     lora_step_entropy_lyrics         + λ · lyric-only entropy (29 sung tokens)
     lora_step_entropy_naive          + entropy from materialized softmax maps kept for backward (reference)
 
+The two penalty cases run ``EntropyTap(impl=--entropy-impl)``: ``auto`` (default; the fused Triton kernels on
+CUDA, the chunked PyTorch recomputation elsewhere), ``fused`` or ``recompute``. Each row records the
+implementation that ran (``entropy_impl``); a forced implementation is added to the output file name.
+
 Prints one JSON line per case, e.g. {"case": "lora_step_entropy_all_keys", "audio_s": 30, "time_ratio": ...,
 "mem_ratio": ...}; ratios are against ``lora_step`` on the same device. ``--small`` runs a small config on the
 CPU to check the script; CPU peak memory is not measured (reported as null).
 
     python benchmarks/bench_train.py --small
     python benchmarks/bench_train.py --out benchmarks/results        # on a GPU
+    python benchmarks/bench_train.py --entropy-impl recompute --out benchmarks/results   # the PyTorch path
 """
 
 from __future__ import annotations
@@ -73,7 +78,18 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--weight", type=float, default=0.02, help="entropy weight λ")
     ap.add_argument("--out", default=None, help="folder for train_<device>.json")
+    ap.add_argument(
+        "--entropy-impl",
+        choices=("auto", "fused", "recompute"),
+        default="auto",
+        help="EntropyTap implementation of the all-keys and lyrics cases",
+    )
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated cases (lora_step always runs)")
     args = ap.parse_args(argv)
+    cases = ["lora_step"] + [c for c in args.cases.split(",") if c and c != "lora_step"]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; choose from {CASES}")
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -94,12 +110,14 @@ def main(argv=None) -> int:
     xt = t * noise + (1 - t) * x0
     lyric_pos = [list(range(8, 8 + args.lyric_tokens))]  # header tokens first, as the packing puts them
 
+    impl_used: dict[str, str | None] = {}
+
     def step(case: str) -> None:
         tap = None
         if case == "lora_step_entropy_all_keys":
-            tap = EntropyTap(tr, keys="all")
+            tap = EntropyTap(tr, keys="all", impl=args.entropy_impl)
         elif case == "lora_step_entropy_lyrics":
-            tap = EntropyTap(tr, keys="lyrics", lyric_positions=lyric_pos)
+            tap = EntropyTap(tr, keys="lyrics", lyric_positions=lyric_pos, impl=args.entropy_impl)
         elif case == "lora_step_entropy_naive":
             tap = EntropyTap(tr, keys="all", impl="naive")
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
@@ -114,6 +132,7 @@ def main(argv=None) -> int:
             finally:
                 if tap is not None:
                     tap.__exit__(None, None, None)
+        impl_used[case] = None if tap is None else tap.impl_used
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -123,7 +142,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize(dev)
 
     results = {}
-    for case in CASES:
+    for case in cases:
         for _ in range(args.warmup):
             step(case)
         sync()
@@ -142,7 +161,7 @@ def main(argv=None) -> int:
     base = results["lora_step"]
     device_name = torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})"
     rows = []
-    for case in CASES:
+    for case in cases:
         r = results[case]
         row = {
             "case": case,
@@ -153,6 +172,7 @@ def main(argv=None) -> int:
             "time_s": round(r["time_s"], 5),
             "peak_gib": None if r["peak_gib"] is None else round(r["peak_gib"], 4),
             "time_ratio": round(r["time_s"] / base["time_s"], 4),
+            "entropy_impl": impl_used.get(case),
             "mem_ratio": None if r["peak_gib"] is None else round(r["peak_gib"] / base["peak_gib"], 4),
             "device": device_name,
             "dtype": str(dtype).replace("torch.", ""),
@@ -166,6 +186,8 @@ def main(argv=None) -> int:
         tag = "cuda" if cuda else "cpu"
         if cuda:
             tag = "cuda_" + "".join(ch if ch.isalnum() else "_" for ch in device_name).strip("_").lower()
+        if args.entropy_impl != "auto":
+            tag += f"_{args.entropy_impl}"
         path = os.path.join(args.out, f"train_{tag}{'_small' if args.small else ''}.json")
         payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "rows": rows}
         fd, tmp = tempfile.mkstemp(dir=args.out, prefix=".tmp-", suffix=".json")

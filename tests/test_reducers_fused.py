@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,9 +11,38 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (CUDA bui
 
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # tests/conftest.py sets TRITON_INTERPRET=1 (before Triton is imported) when no CUDA device is present, so the
 # kernel runs in Triton's CPU interpreter here.
+
+
+@pytest.fixture
+def bf16_dot():
+    """Triton's interpreter multiplies bf16 operands of ``tl.dot`` as their raw 16-bit patterns (it keeps bf16 as
+    uint16): widen them to fp32 (exact) for the duration of a test. Nothing to do on a GPU."""
+    if not INTERPRET:
+        yield
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as ti
+
+    orig = ti.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def widen(x):
+            if x.dtype == tl.bfloat16:
+                return ti.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+            return x
+
+        return orig(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    ti.InterpreterBuilder.create_dot = create_dot
+    try:
+        yield
+    finally:
+        ti.InterpreterBuilder.create_dot = orig
 
 
 def _case(B=2, T=70, H=4, KVH=2, D=16, S=100, seed=0):
@@ -24,6 +55,47 @@ def _case(B=2, T=70, H=4, KVH=2, D=16, S=100, seed=0):
     pos = (seg[0] == 0).nonzero().flatten()
     lidx[0, pos] = torch.arange(len(pos))
     return q, k, seg, lidx, (lidx >= 0).sum(1)
+
+
+def _runs(lines: int, n_keys: int) -> list[int]:
+    """Segment codes of a realistic packed layout: a header, sung lines (4 tokens) each ended by a line break
+    (lyric_meta), a closing token, one timbre key, a caption, then padding."""
+    codes = [1, 1]
+    for _ in range(lines):
+        codes += [0, 0, 0, 0, 1]
+    codes += [1, 2] + [3] * 12
+    return codes + [4] * (n_keys - len(codes))
+
+
+def _layout_case(B=2, T=20, H=4, KVH=2, D=16, S=45, seed=1, dtype=torch.float32, far=False, ties=False):
+    """Runs-shaped layout; item 1 has fewer lyric lines. ``far``: caption logits ~200 above every lyric logit
+    (the lyric softmax must not underflow). ``ties``: three keys with equal logits (a header key, a sung key and a
+    caption key), often the row maximum: the argmax is the first packed index."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, D, generator=g) * 2
+    k = torch.randn(B, S, KVH, D, generator=g) * 2
+    seg = torch.tensor([_runs(4, S), _runs(2, S)])
+    if far:
+        q[..., 0] = 8.0
+        k[..., 0] = torch.where(seg == 3, 100.0, 0.0)[:, :, None]
+    if ties:
+        v = torch.randn(B, 1, KVH, D, generator=g) * 10
+        first_sung = int((seg[0] == 0).nonzero()[0])
+        for j in (0, first_sung, 30):
+            k[:, j : j + 1] = v
+    lidx = torch.full((B, S), -1, dtype=torch.long)
+    for b in range(B):
+        pos = (seg[b] == 0).nonzero().flatten()
+        lidx[b, pos] = torch.arange(len(pos))
+    return q.to(dtype), k.to(dtype), seg, lidx, (lidx >= 0).sum(1)
+
+
+def _check(out, ref, prefix=""):
+    for name in ref:
+        if ref[name].dtype.is_floating_point:
+            assert torch.allclose(out[name], ref[name], atol=5e-6), (prefix, name, (out[name] - ref[name]).abs().max())
+        else:
+            assert torch.equal(out[name], ref[name]), (prefix, name, (out[name] != ref[name]).sum())
 
 
 def test_fused_equals_reference():
@@ -40,6 +112,119 @@ def test_fused_equals_reference():
         else:
             assert torch.equal(out[name], ref[name]), name
     assert torch.all(out["lyric_argmax"][1] == -1) and torch.all(out["entropy_lyric"][1] == 0)
+
+
+# (case, heads): random segment codes with a lyric-less item and heads splitting a KV group (fp32, ragged T and S);
+# a runs layout with whole groups in shuffled order (bf16: G = 2 for gqa); lyric logits far below the maximum;
+# exact ties of the maximum between a header, a sung and a caption key. Not v1 on "runs_far": it sums e^(s-m) s
+# unshifted, and with logits ~200 its entropy is off by ~1e-5 (v2 sums e^(s-m) (s-m)).
+_CASES = {
+    "random_split_group": (dict(T=20, S=40), [0, 1, 3]),
+    "runs_bf16_groups": (dict(dtype=torch.bfloat16, T=12), [3, 2, 0, 1]),
+    "runs_far": (dict(far=True, T=10), [1, 0, 2]),
+    "runs_ties": (dict(ties=True, T=10), [2, 3]),
+}
+# every variant on two cases; on the others, the variants whose code paths the case is about
+_ALL = ["baseline", "v2_plain", "v2_exp2", "v2_gqa", "v2_gather", "v2_share", "v2_order_share", "v2_pair", "v2_eq",
+        "v2_all", "v2_all_noorder"]  # fmt: skip
+_PAIRS = (
+    [(v, "random_split_group") for v in _ALL]
+    + [(v, "runs_bf16_groups") for v in _ALL + ["v2_order_gather"]]
+    + [(v, "runs_far") for v in ("v2_plain", "v2_share", "v2_order_share", "v2_all", "v2_all_noorder")]
+    + [(v, "runs_ties") for v in ("baseline", "v2_pair", "v2_eq", "v2_order_share", "v2_all", "v2_all_noorder")]
+)
+
+
+def _case_tensors(name):
+    kw, heads = _CASES[name]
+    if name.startswith("random"):
+        q, k, seg, lidx, nl = _case(T=kw["T"], S=kw["S"])
+    else:
+        q, k, seg, lidx, nl = _layout_case(**kw)
+    return (*(t.to(DEV) for t in (q, k, seg, lidx, nl)), torch.tensor(heads, device=DEV))
+
+
+@pytest.mark.parametrize(("variant", "case"), _PAIRS)
+def test_fused_variants_equal_reference(case, variant, bf16_dot):
+    from dataclasses import replace
+
+    from attnlens.reducers.fused import VARIANTS, reduce_fused
+    from attnlens.reducers.stats import reduce_reference, segment_onehot
+
+    q, k, seg, lidx, nl, heads = _case_tensors(case)
+    cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
+    out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg)
+    ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg), lidx, nl)
+    _check(out, ref, (case, variant))
+    if case == "random_split_group":
+        assert torch.all(out["lyric_argmax"][1] == -1) and torch.all(out["entropy_lyric"][1] == 0)
+    if case == "runs_far":  # the cases test what they claim
+        assert float(ref["mass"][..., 0].max()) < 1e-30 and float(ref["entropy_lyric"].mean()) > 0.1
+    if case == "runs_ties":
+        assert (ref["argmax"] == 0).float().mean() > 0.1
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(block_t=32, block_s=32, num_warps=4),
+        dict(block_t=16, block_s=64, num_warps=8, num_stages=1),
+        dict(block_t=32, block_s=16, num_warps=4, num_stages=3, maxnreg=128),
+    ],
+)
+def test_fused_v2_block_shapes_and_batched_layers(cfg, bf16_dot):
+    """All switches on, other block shapes, several layers in one launch written to slots of step buffers."""
+    from dataclasses import replace
+
+    from attnlens.reducers.fused import VARIANTS, reduce_fused
+    from attnlens.reducers.stats import reduce_reference, segment_onehot
+
+    L = 3
+    cases = [_layout_case(seed=s, dtype=torch.bfloat16, T=21) for s in range(L)]
+    q = torch.stack([c[0] for c in cases]).to(DEV)  # [L, B, T, H, D]
+    k = torch.stack([c[1] for c in cases]).to(DEV)
+    _, _, seg, lidx, nl = (t.to(DEV) for t in cases[0])
+    heads = torch.tensor([0, 1, 2, 3], device=DEV)
+    B, T, h = q.shape[1], q.shape[2], len(heads)
+    out = {
+        "entropy": torch.full((L + 1, B, h, T), -7.0, device=DEV),
+        "mass": torch.full((L + 1, B, h, T, 5), -7.0, device=DEV),
+        "argmax": torch.full((L + 1, B, h, T), -7, device=DEV, dtype=torch.int32),
+        "entropy_lyric": torch.full((L + 1, B, h, T), -7.0, device=DEV),
+        "lyric_argmax": torch.full((L + 1, B, h, T), -7, device=DEV, dtype=torch.int32),
+    }
+    config = replace(VARIANTS["v2_all"], **cfg)
+    reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=out, slot=1, config=config)
+    onehot = segment_onehot(seg)
+    for li in range(L):
+        ref, _ = reduce_reference(q[li][:, :, heads], k[li], 0.25, heads // 2, onehot, lidx, nl)
+        _check({n: v[li + 1] for n, v in out.items()}, ref, (cfg, li))
+    assert torch.all(out["entropy"][0] == -7.0) and torch.all(out["argmax"][0] == -7)
+
+
+def test_key_plan_and_head_table():
+    from attnlens.reducers.fused import head_table, key_plan
+
+    seg = torch.tensor([_runs(4, 45), _runs(2, 45)], dtype=torch.int32)
+    lidx = torch.where(seg == 0, 0, -1).to(torch.int32)
+    for lyric_first in (False, True):
+        plan = key_plan(seg, lidx, 16, lyric_first)
+        for b in range(2):
+            o = plan.order[b, : int(plan.nblk[b]) * 16]
+            assert sorted(o[o >= 0].tolist()) == list(range(45))  # every key once
+            assert torch.all(plan.order[b, int(plan.nblk[b]) * 16 :] == -1)
+            valid = plan.order[b] >= 0
+            assert torch.equal(plan.seg[b][valid], seg[b][plan.order[b][valid].long()])
+            desc = plan.desc[b, : int(plan.nblk[b])]
+            blocks = plan.order[b, : int(plan.nblk[b]) * 16].view(-1, 16)
+            assert torch.equal((desc & 1).bool(), (blocks >= 0).all(1))
+            if lyric_first:  # no block mixes lyric keys with other keys
+                lall, lany = (desc & 2).bool(), (desc & 4).bool()
+                assert torch.equal(lall, lany) and int(lany.sum()) == (int((lidx[b] >= 0).sum()) + 15) // 16
+    assert head_table([0, 1, 3], 2, True) == ([0, 1, 2], 1)  # head 3 without head 2: per-head programs
+    assert head_table([3, 2, 0, 1], 2, True) == ([2, 3, 0, 1], 2)
+    assert head_table([3, 2, 0, 1], 2, False) == ([0, 1, 2, 3], 1)
+    assert head_table([0, 1, 2], 3, True) == ([0, 1, 2], 1)  # group not a power of two
 
 
 def test_capture_fused_equals_reference_on_a_transformer():

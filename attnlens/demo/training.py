@@ -222,6 +222,10 @@ class HeadGuide:
         self._q = None
 
 
+def _to(x: torch.Tensor | None, dev: Any) -> torch.Tensor | None:
+    return None if x is None else x.to(dev)
+
+
 def trainable_modules(pipe: Any) -> list[torch.nn.Module]:
     ce = pipe.condition_encoder
     return [pipe.transformer, ce.text_projector, ce.lyric_encoder, ce.timbre_encoder]
@@ -292,7 +296,14 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     cap_h = encode_captions(pipe, caption_table(task), dev)
     gdev = [
-        Group(g.n_words, g.latents.to(dev), g.lyric_ids.to(dev), g.caption_idx.to(dev), g.lyric_pos, g.frame_word)
+        Group(
+            g.n_words,
+            g.latents.to(dev),
+            g.lyric_ids.to(dev),
+            g.caption_idx.to(dev),
+            g.lyric_pos,
+            _to(g.frame_word, dev),
+        )
         for g in groups
     ]
     sizes = torch.tensor([len(g.latents) for g in groups], dtype=torch.float64)

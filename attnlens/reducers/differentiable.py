@@ -14,6 +14,18 @@ with fp32 accumulation, as the attention kernel; fp32; fp64), softmax and entrop
 
 Grouped-query attention: query head ``h`` reads KV head ``h // (H / KVH)``; keys are never expanded.
 
+Two implementations of the same function (``impl`` of :func:`attention_entropy`):
+
+- ``"fused"``: :mod:`attnlens.reducers.fused_entropy`, one Triton kernel for the forward (online softmax over key
+  blocks, keeping ``m``, ``Σ e^{s-m}``, ``Σ e^{s-m} (s-m)``) and two for the backward (``dq`` per frame block,
+  ``dk`` per key block over the group's heads; no atomics). Saved: ``q``, ``k``, the key mask and per frame
+  ``lse`` and ``mean_s = Σ_j p_j s_j`` (fp32 ``[B, H, T]``), never ``P``; the backward recomputes
+  ``p_j = e^{s_j - lse}`` and ``∂L/∂s_j = -g p_j (s_j - mean_s)``.
+- ``"recompute"``: :class:`_EntropyFn`, chunked PyTorch matmuls (below); also the fp64 path.
+
+``"auto"`` (the default) takes ``"fused"`` for CUDA tensors when Triton is importable, the dtype is
+bf16/fp16/fp32 and ``head_dim`` is a power of 2 in [16, 256], else ``"recompute"``.
+
 :class:`EntropyTap` hooks ``cross_attn.norm_q`` / ``norm_k`` of the selected layers through the model adapter,
 so the penalty sees exactly the query and key the attention kernel sees, and hands back one mean normalized
 entropy per layer, with gradient.
@@ -29,8 +41,11 @@ import torch
 
 from ..adapters import adapter_for
 from ..taps.hooks import HookSet
+from .fused_entropy import fused_attention_entropy, fused_entropy_supported
 
 KeysMode = Literal["all", "lyrics"]
+EntropyImpl = Literal["auto", "fused", "recompute"]
+IMPLS = ("auto", "fused", "recompute")
 
 DEFAULT_CHUNK_BYTES = 256 << 20
 
@@ -117,6 +132,86 @@ class _EntropyFn(torch.autograd.Function):
         return gq, gk, None, None, None, None
 
 
+def resolve_impl(q: torch.Tensor, impl: str = "auto") -> str:
+    """The implementation :func:`attention_entropy` runs for queries ``q``: ``"fused"`` or ``"recompute"``.
+
+    ``"auto"`` gives ``"fused"`` for CUDA queries the Triton kernels support (bf16/fp16/fp32, power-of-2
+    ``head_dim`` in [16, 256]), else ``"recompute"``; ``"fused"`` and ``"recompute"`` are taken as asked.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    if impl == "auto":
+        return "fused" if q.is_cuda and fused_entropy_supported(q) else "recompute"
+    return impl
+
+
+def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"expected q [B, T, H, D] and k [B, S, KVH, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
+    B, T, H, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or H % k.shape[2]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not fit (batch, head_dim, GQA groups)")
+
+
+KeyPlan = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]
+
+
+def _key_plan(key_mask: torch.Tensor, B: int, S: int, device: Any) -> KeyPlan:
+    """Validate a bool ``[B, S]`` key mask; returns ``(order, mask, n_keys)`` on ``device``.
+
+    ``order`` ``[B, n_max]`` puts every item's taken keys first (``None`` when some item takes all ``S``), ``mask``
+    ``[B, n_max]`` marks the taken keys after that gather (``None`` when all are taken), ``n_keys`` ``[B]`` counts
+    them. The bookkeeping runs on the mask's own device: a CPU mask costs no GPU synchronization.
+    """
+    if key_mask.shape != (B, S) or key_mask.dtype != torch.bool:
+        raise ValueError(f"key_mask must be bool [B, S] = [{B}, {S}]; got {key_mask.dtype} {tuple(key_mask.shape)}")
+    n = key_mask.sum(dim=1)
+    if bool((n < 2).any()):
+        raise ValueError(
+            f"entropy over a key set needs at least 2 keys per item; got {n.tolist()} keys (an item without "
+            "sung lyric tokens cannot take a lyric-only entropy penalty)"
+        )
+    nmax = int(n.max())
+    order = None
+    if nmax < S:  # gather the taken keys: the work scales with |K|, not S
+        order = key_mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :nmax]  # [B, nmax]
+        key_mask = torch.gather(key_mask, 1, order)
+        order = order.to(device)
+    mask = None if bool(key_mask.all()) else key_mask.to(device)
+    return order, mask, n.to(device)
+
+
+def _entropy(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    plan: KeyPlan | None,
+    normalize: bool,
+    chunk_bytes: int,
+    impl: str,
+) -> torch.Tensor:
+    """:func:`attention_entropy` after validation (``impl`` resolved: ``"fused"`` or ``"recompute"``)."""
+    B, T, H, D = q.shape
+    S = k.shape[1]
+    key_mask = n_keys = None
+    if plan is not None:
+        order, key_mask, n_keys = plan
+        if order is not None:
+            k = torch.gather(k, 1, order[:, :, None, None].expand(-1, -1, k.shape[2], k.shape[3]))
+            S = order.shape[1]
+    if impl == "fused":
+        h = fused_attention_entropy(q, k, scale, key_mask)
+    else:
+        work_size = 8 if q.dtype == torch.float64 else 4  # softmax temporaries are fp32 (fp64 for fp64 inputs)
+        chunk = _chunk_frames(B, H, S, T, work_size, chunk_bytes)
+        h = _EntropyFn.apply(q, k, key_mask, float(scale), int(k.shape[2]), chunk)
+    if not normalize:
+        return h
+    if n_keys is None:
+        return h / math.log(S)
+    return h / torch.log(n_keys.to(h.dtype))[:, None, None]
+
+
 def attention_entropy(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -124,55 +219,35 @@ def attention_entropy(
     key_mask: torch.Tensor | None = None,
     normalize: bool = True,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    impl: EntropyImpl = "auto",
 ) -> torch.Tensor:
     """Per-frame entropy ``[B, H, T]`` of ``P = softmax(scale · q kᵀ)`` over the keys, differentiable.
 
     ``H = logsumexp(s) - Σ_j p_j s_j``; with ``normalize`` divided by ``log n`` where ``n`` is the number of keys
-    taken (all ``S``, or ``key_mask.sum()`` per batch item). Gradient by recomputation: ``P`` is never stored.
+    taken (all ``S``, or ``key_mask.sum()`` per batch item). Gradient ``∂H/∂s_j = -p_j (s_j - Σ_i p_i s_i)`` by
+    recomputation: ``P`` is never stored. fp32 result for bf16/fp16/fp32 inputs, fp64 for fp64.
 
     Args:
         q: post-norm queries ``[B, T, H, D]``.
         k: post-norm keys ``[B, S, KVH, D]`` (``H`` a multiple of ``KVH``; query head ``h`` reads ``h // (H/KVH)``).
         scale: the attention's logit scale (``1/sqrt(D)`` for ACE-Step).
         key_mask: optional bool ``[B, S]``: keys taken (the softmax is renormalized over them); every item needs
-            at least 2 (entropy over fewer than 2 keys is undefined after normalization).
+            at least 2 (entropy over fewer than 2 keys is undefined after normalization). A CPU mask spares the
+            GPU synchronizations its bookkeeping needs.
+        chunk_bytes: memory budget of one frame chunk of the ``"recompute"`` path.
+        impl: ``"auto"`` (fused Triton kernels for supported CUDA inputs, else ``"recompute"``), ``"fused"``
+            (:mod:`attnlens.reducers.fused_entropy`; CUDA or ``TRITON_INTERPRET=1``), ``"recompute"`` (chunked
+            PyTorch).
     """
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"expected q [B, T, H, D] and k [B, S, KVH, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
-    B, T, H, D = q.shape
-    if k.shape[0] != B or k.shape[3] != D or H % k.shape[2]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not fit (batch, head_dim, GQA groups)")
-    S = k.shape[1]
-    n_keys = None
+    _check_qk(q, k)
+    impl = resolve_impl(q, impl)
+    B, S = q.shape[0], k.shape[1]
+    plan = None
     if key_mask is not None:
-        if key_mask.shape != (B, S) or key_mask.dtype != torch.bool:
-            raise ValueError(f"key_mask must be bool [B, S] = [{B}, {S}]; got {key_mask.dtype} {tuple(key_mask.shape)}")
-        n = key_mask.sum(dim=1)
-        if bool((n < 2).any()):
-            raise ValueError(
-                f"entropy over a key set needs at least 2 keys per item; got {n.tolist()} keys (an item without "
-                "sung lyric tokens cannot take a lyric-only entropy penalty)"
-            )
-        key_mask = key_mask.to(q.device)
-        nmax = int(n.max())
-        if nmax < S:  # gather the taken keys: the work scales with |K|, not S
-            order = key_mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :nmax]  # [B, nmax]
-            k = torch.gather(k, 1, order[:, :, None, None].expand(-1, -1, k.shape[2], k.shape[3]))
-            key_mask = torch.gather(key_mask, 1, order)
-            S = nmax
-        n_keys = n
-        if bool(key_mask.all()):
-            key_mask = None
+        plan = _key_plan(key_mask, B, S, q.device)
     elif S < 2:
         raise ValueError(f"entropy needs at least 2 keys; got S={S}")
-    work_size = 8 if q.dtype == torch.float64 else 4  # softmax temporaries are fp32 (fp64 for fp64 inputs)
-    chunk = _chunk_frames(B, H, S, T, work_size, chunk_bytes)
-    h = _EntropyFn.apply(q, k, key_mask, float(scale), int(k.shape[2]), chunk)
-    if not normalize:
-        return h
-    if n_keys is None:
-        return h / math.log(S)
-    return h / torch.log(n_keys.to(h.dtype))[:, None, None]
+    return _entropy(q, k, scale, plan, normalize, chunk_bytes, impl)
 
 
 def attention_entropy_naive(
@@ -220,8 +295,13 @@ class EntropyTap:
     all removed when the block ends. ``keys="lyrics"`` renormalizes over the sung lyric tokens of every batch item
     (``lyric_positions``: per item, packed key positions, e.g. ``layout[b].lyric_positions()``); ``keys="all"``
     takes every packed key (normalized by ``log S``). If the transformer recomputes layers (gradient
-    checkpointing), only the first evaluation of a layer in a forward call is recorded. ``impl="naive"``
-    materializes the attention map instead (a reference for tests and benchmarks).
+    checkpointing), only the first evaluation of a layer in a forward call is recorded.
+
+    ``impl`` is passed to :func:`attention_entropy` (``"auto"``: the fused Triton kernels on CUDA, else the
+    chunked PyTorch recomputation; ``"fused"``; ``"recompute"``); ``impl="naive"`` materializes the attention map
+    instead (a reference for tests and benchmarks). ``impl_used`` tells what the last layer ran (``"fused"``,
+    ``"recompute"`` or ``"naive"``). The lyric key mask is built and validated once per batch shape, on the CPU,
+    so the hooks do not synchronize with the GPU.
     """
 
     def __init__(
@@ -231,11 +311,12 @@ class EntropyTap:
         layers: Sequence[int] | None = None,
         lyric_positions: Sequence[Sequence[int]] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        impl: Literal["recompute", "naive"] = "recompute",
+        impl: Literal["auto", "fused", "recompute", "naive"] = "auto",
     ):
-        if impl not in ("recompute", "naive"):
-            raise ValueError(f"impl must be 'recompute' or 'naive'; got {impl!r}")
+        if impl not in (*IMPLS, "naive"):
+            raise ValueError(f"impl must be 'auto', 'fused', 'recompute' or 'naive'; got {impl!r}")
         self.impl = impl
+        self.impl_used: str | None = None
         if keys not in ("all", "lyrics"):
             raise ValueError(f"keys must be 'all' or 'lyrics'; got {keys!r}")
         if keys == "lyrics" and lyric_positions is None:
@@ -249,7 +330,9 @@ class EntropyTap:
         self.hooks = HookSet()
         self._q: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
-        self._mask: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None  # naive impl: lyric key mask [B, S] on the keys' device
+        self._plan: KeyPlan | None = None  # otherwise: gather order, mask and key counts (see _key_plan)
+        self._plan_for: tuple | None = None  # (B, S, device) the mask / plan were built for
 
     def __enter__(self) -> EntropyTap:
         try:
@@ -286,25 +369,38 @@ class EntropyTap:
             if layer in self.values or layer not in self._q:
                 return
             q = self._q.pop(layer)
-            mask = None
+            scale = self.adapter.facts.scale
+            impl = "naive"
+            if self.impl != "naive":  # same checks as attention_entropy, in the same order
+                _check_qk(q, output)
+                impl = resolve_impl(q, self.impl)
             if self.keys == "lyrics":
-                S = output.shape[1]
-                if self._mask is None or self._mask.shape != (output.shape[0], S):
-                    if len(self.lyric_positions) != output.shape[0]:
-                        raise ValueError(
-                            f"lyric_positions describe {len(self.lyric_positions)} item(s) but the batch is "
-                            f"{output.shape[0]}"
-                        )
-                    self._mask = lyric_key_mask(self.lyric_positions, S, device=output.device)
-                mask = self._mask
-            if self.impl == "naive":  # reference: materializes P and keeps it for backward
-                h = attention_entropy_naive(q, output, self.adapter.facts.scale, key_mask=mask)
-            else:
-                h = attention_entropy(q, output, self.adapter.facts.scale, key_mask=mask, chunk_bytes=self.chunk_bytes)
+                self._prepare_lyric_keys(output)
+            elif impl != "naive" and output.shape[1] < 2:
+                raise ValueError(f"entropy needs at least 2 keys; got S={output.shape[1]}")
+            if impl == "naive":  # reference: materializes P and keeps it for backward
+                h = attention_entropy_naive(q, output, scale, key_mask=self._mask)
+            else:  # attention_entropy with the lyric key plan built once
+                h = _entropy(q, output, scale, self._plan, True, self.chunk_bytes, impl)
+            self.impl_used = impl
             self.values[layer] = h.mean()
 
         on_key.__qualname__ = f"entropy_tap.key[{layer}]"
         return on_key
+
+    def _prepare_lyric_keys(self, k: torch.Tensor) -> None:
+        """Build (once per batch shape and device) the lyric key mask or key plan for keys ``k [B, S, KVH, D]``."""
+        B, S = k.shape[0], k.shape[1]
+        if self._plan_for == (B, S, k.device):
+            return
+        if len(self.lyric_positions) != B:
+            raise ValueError(f"lyric_positions describe {len(self.lyric_positions)} item(s) but the batch is {B}")
+        mask = lyric_key_mask(self.lyric_positions, S)  # [B, S] on the CPU
+        if self.impl == "naive":
+            self._mask, self._plan = mask.to(k.device), None
+        else:
+            self._mask, self._plan = None, _key_plan(mask, B, S, k.device)
+        self._plan_for = (B, S, k.device)
 
     def per_layer(self) -> torch.Tensor:
         """Mean normalized entropy of every selected layer ``[layer]`` (with gradient)."""

@@ -11,11 +11,43 @@ fp32 registers, the online-softmax state (running max ``m``, ``l = Σ e^{s-m}``)
 These are exact rewrites of the reference definitions (:mod:`attnlens.reducers.stats`); only the summation order
 differs. Logits use ``tl.dot`` with fp32 accumulation (IEEE fp32 products for fp32 inputs, exact products for
 bf16/fp16 inputs). Needs CUDA, Triton and ``head_dim >= 16``; elsewhere the reference path runs.
+
+Two kernels, picked by :class:`FusedConfig` (``config=`` of :func:`reduce_fused`):
+
+- ``kernel="v1"`` (the default, ``VARIANTS["baseline"]``): the formulas above, one program per
+  (frame block, batch item, selected head), keys in packed order.
+- ``kernel="v2"``: the same statistics with switches, each an exact rewrite:
+
+  - shifted sums: ``x = s - m`` is the exponent, ``P = Σ e^x x`` (always ``<= 0``) and ``H = log l - P / l``;
+    a new maximum ``m' = m + δ`` rescales ``l' = e^{-δ} l`` and ``P' = e^{-δ} (P - δ l)``.
+  - ``exp2``: base-2 exponent with ``log2(e)`` folded into the scale: ``x₂ = r · (scale · log2 e) - m · (scale ·
+    log2 e)`` on the raw dot ``r`` (one FMA; the maximum of ``r`` is taken before scaling, which commutes with
+    the monotone rounding of a positive scale), then ``H = log l - ln 2 · P₂ / l``.
+  - ``gqa``: one program takes all selected query heads of one KV group (when the selection covers whole groups),
+    their rows stacked, ``[G · BLOCK_T, D] @ [D, BLOCK_S]``: each key block is loaded once per group.
+  - ``lyric``: ``"mask"`` (a masked second softmax over each block that holds lyric keys, lyric index by a masked
+    sum: as v1), ``"gather"`` (the same, but the lyric argmax is kept as a key position and mapped to its lyric
+    index once at the end), ``"share"`` (as ``"gather"``, and blocks whose keys are all in L take their exponent
+    relative to the lyric maximum ``m_L`` only: ``e^{s-m_L}`` serves both sums, the all-keys sums get the row
+    factor ``w = e^{m_L - m}`` and ``P += w (P_L - (m - m_L) l_L)``; a factor that underflows drops only terms
+    below ``2^-126`` of ``l >= 1``, so no fallback is needed).
+  - ``order``: keys are visited lyric keys first (packed order), padded to a whole key block, then the other keys
+    (packed order): with sung tokens interleaved with line breaks and tags, most key blocks become all-lyric or
+    lyric-free (and hold one segment). Ties of the all-keys argmax go to the smaller packed index, as in the
+    reference.
+  - ``argmax``: ``"pair"`` (one reduction of (value, index) pairs, ties to the left), ``"sep"`` (a max and an
+    argmax: as v1), ``"eq"`` (the max, then the first position holding it).
+  - masking: a host-built descriptor per key block says whether it is full; full blocks skip every mask, and
+    whether it is uniform in segment (one row sum per block) or which segments it holds (masked sums only for
+    those), and whether it holds lyric keys.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
@@ -34,6 +66,185 @@ def fused_available(q: torch.Tensor) -> bool:
 
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     return HAVE_TRITON and (q.is_cuda or interpret) and q.shape[-1] >= 16 and q.shape[-1] & (q.shape[-1] - 1) == 0
+
+
+LyricMode = Literal["mask", "gather", "share"]
+ArgmaxMode = Literal["sep", "pair", "eq"]
+_LYRIC_CODE = {"mask": 0, "gather": 1, "share": 2}
+_ARGMAX_CODE = {"sep": 0, "pair": 1, "eq": 2}
+
+
+@dataclass(frozen=True)
+class FusedConfig:
+    """Kernel choice and launch parameters of :func:`reduce_fused` (see the module docstring).
+
+    ``kernel="v1"`` uses only the launch parameters (``block_t``, ``block_s``, ``num_warps``, ``num_stages``,
+    ``maxnreg``); the switches apply to ``kernel="v2"``. ``None`` keeps Triton's default; ``maxnreg`` caps the
+    registers per thread (more programs per SM; spills if too low).
+    """
+
+    kernel: Literal["v1", "v2"] = "v1"
+    block_t: int = 64
+    block_s: int = 64
+    num_warps: int = 4
+    num_stages: int | None = None
+    maxnreg: int | None = None
+    exp2: bool = False
+    gqa: bool = False
+    lyric: LyricMode = "mask"
+    order: bool = False
+    argmax: ArgmaxMode = "sep"
+
+    def __post_init__(self) -> None:
+        if self.kernel not in ("v1", "v2"):
+            raise ValueError(f"kernel must be 'v1' or 'v2'; got {self.kernel!r}")
+        if self.lyric not in _LYRIC_CODE:
+            raise ValueError(f"lyric must be one of {tuple(_LYRIC_CODE)}; got {self.lyric!r}")
+        if self.argmax not in _ARGMAX_CODE:
+            raise ValueError(f"argmax must be one of {tuple(_ARGMAX_CODE)}; got {self.argmax!r}")
+        for name in ("block_t", "block_s"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= 16; got {v}")
+
+    def label(self) -> str:
+        """Short name with every field that differs from the v1 defaults."""
+        base = FusedConfig()
+        parts = [self.kernel, f"t{self.block_t}", f"s{self.block_s}", f"w{self.num_warps}"]
+        if self.num_stages is not None:
+            parts.append(f"st{self.num_stages}")
+        if self.maxnreg is not None:
+            parts.append(f"r{self.maxnreg}")
+        if self.kernel == "v2":
+            for name in ("exp2", "gqa", "order"):
+                if getattr(self, name):
+                    parts.append(name)
+            if self.lyric != base.lyric:
+                parts.append(f"lyr-{self.lyric}")
+            if self.argmax != base.argmax:
+                parts.append(f"arg-{self.argmax}")
+        return "_".join(parts)
+
+
+# with gqa (G = 2 heads of a KV group per program) a program holds G * block_t rows: 64 with block_t=32
+_V2_ALL = FusedConfig(kernel="v2", block_t=32, exp2=True, gqa=True, lyric="share", order=True, argmax="eq")
+
+VARIANTS: dict[str, FusedConfig] = {
+    "baseline": FusedConfig(),
+    "v2_plain": FusedConfig(kernel="v2"),
+    "v2_exp2": FusedConfig(kernel="v2", exp2=True),
+    "v2_gqa": FusedConfig(kernel="v2", gqa=True, num_warps=8),
+    "v2_gather": FusedConfig(kernel="v2", lyric="gather"),
+    "v2_share": FusedConfig(kernel="v2", lyric="share"),
+    "v2_order_gather": FusedConfig(kernel="v2", lyric="gather", order=True),
+    "v2_order_share": FusedConfig(kernel="v2", lyric="share", order=True),
+    "v2_pair": FusedConfig(kernel="v2", argmax="pair"),
+    "v2_eq": FusedConfig(kernel="v2", argmax="eq"),
+    "v2_all": _V2_ALL,
+    "v2_all_nogqa": replace(_V2_ALL, gqa=False, block_t=64),
+    "v2_all_noorder": replace(_V2_ALL, order=False),
+}
+"""Named configurations: ``baseline`` is the original kernel; ``v2_*`` turn one switch on (or all)."""
+
+DEFAULT_CONFIG: FusedConfig = VARIANTS["baseline"]
+"""What :func:`reduce_fused` runs without ``config`` or block arguments (the capture session's calls)."""
+
+
+# ---------------------------------------------------------------------------------------------- host-side plans
+@dataclass(frozen=True)
+class KeyPlan:
+    """The order in which the v2 kernel visits the packed keys of every batch item, in blocks of ``block_s``.
+
+    ``order[b, j]``: packed key at position ``j`` (-1: padding); ``seg`` and ``lid``: segment code and lyric index
+    at each position (-1 for padding); ``desc[b, i]``: bit 0 block full (no padding), bit 1 all its keys in L,
+    bit 2 some key in L, bits 4-7 lowest segment code + 1, bits 8-11 highest + 1; ``nblk[b]``: blocks to visit.
+    """
+
+    order: torch.Tensor  # [B, S_pad] int32
+    seg: torch.Tensor  # [B, S_pad] int32
+    lid: torch.Tensor  # [B, S_pad] int32
+    desc: torch.Tensor  # [B, NB] int32
+    nblk: torch.Tensor  # [B] int32
+    block_s: int
+    lyric_first: bool
+
+
+def key_plan(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, lyric_first: bool) -> KeyPlan:
+    """Key order and block descriptors for the v2 kernel (device tensor ops only: no synchronization).
+
+    ``lyric_first``: lyric keys (``lyric_index >= 0``) first, in packed order, padded to a whole block, then the
+    other keys in packed order; else packed order. seg_codes, lyric_index: ``[B, S]``.
+    """
+    B, S = seg_codes.shape
+    dev = seg_codes.device
+    i64 = torch.long
+    pos = torch.arange(S, device=dev, dtype=i64)[None, :].expand(B, S)
+    if lyric_first:
+        nb = (S + block_s - 1) // block_s + 1  # the lyric run's padding adds less than one block
+        in_l = lyric_index >= 0
+        src = torch.sort((~in_l).to(torch.int32), dim=1, stable=True).indices  # packed keys, lyric keys first
+        n_l = in_l.sum(1, keepdim=True)
+        pad_l = (n_l + block_s - 1) // block_s * block_s
+        dst = torch.where(pos < n_l, pos, pos + pad_l - n_l)
+        order = torch.full((B, nb * block_s), -1, device=dev, dtype=i64)
+        order.scatter_(1, dst, src)
+        nblk = (pad_l[:, 0] + S - n_l[:, 0] + block_s - 1) // block_s
+    else:
+        nb = (S + block_s - 1) // block_s
+        j = torch.arange(nb * block_s, device=dev, dtype=i64)
+        order = torch.where(j < S, j, -1)[None, :].expand(B, -1).contiguous()
+        nblk = torch.full((B,), nb, device=dev, dtype=i64)
+    valid = order >= 0
+    oc = order.clamp(min=0)
+    seg = torch.where(valid, seg_codes.to(i64).gather(1, oc), -1)
+    lid = torch.where(valid, lyric_index.to(i64).gather(1, oc), -1)
+    v3, s3, l3 = (x.view(B, nb, block_s) for x in (valid, seg, lid))
+    in3 = l3 >= 0
+    full = v3.all(-1)
+    lall = (in3 | ~v3).all(-1) & v3.any(-1)
+    lany = in3.any(-1)
+    lo = torch.where(v3, s3, 127).amin(-1).clamp(-1, 14)
+    hi = torch.where(v3, s3, -127).amax(-1).clamp(-1, 14)
+    desc = full.to(i64) | (lall.to(i64) << 1) | (lany.to(i64) << 2) | ((lo + 1) << 4) | ((hi + 1) << 8)
+    i32 = torch.int32
+    return KeyPlan(
+        order.to(i32), seg.to(i32), lid.to(i32), desc.to(i32).contiguous(), nblk.to(i32), block_s, lyric_first
+    )
+
+
+def head_table(heads: list[int], group: int, gqa: bool) -> tuple[list[int], int]:
+    """Programs' heads: ``(table, G)``; program ``i`` takes selected positions ``table[i*G : (i+1)*G]``.
+
+    With ``gqa`` and a selection that covers whole KV groups (every group it touches, all ``group`` heads),
+    ``G = group`` (a power of two) and the positions of one group share a program; else ``G = 1``.
+    """
+    ident = (list(range(len(heads))), 1)
+    if not gqa or group <= 1 or group & (group - 1):
+        return ident
+    by_kv: dict[int, list[int]] = {}
+    for pos, h in enumerate(heads):
+        by_kv.setdefault(h // group, []).append(pos)
+    if any(len(v) != group for v in by_kv.values()):
+        return ident
+    return [pos for kv in sorted(by_kv) for pos in by_kv[kv]], group
+
+
+# caches keyed by the identity (and version) of the caller's tensors: the session passes the same layout and head
+# tensors every call, so plans are built once (the head table reads ``heads`` on the host once)
+_CACHE: dict[tuple, tuple] = {}
+_CACHE_MAX = 64
+
+
+def _cached(tensors: tuple[torch.Tensor, ...], extra: tuple, build):
+    key = tuple((id(t), t._version) for t in tensors) + extra
+    hit = _CACHE.get(key)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)):
+        return hit[1]
+    val = build()
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[key] = (tuple(weakref.ref(t) for t in tensors), val)
+    return val
 
 
 if HAVE_TRITON:
@@ -160,6 +371,279 @@ if HAVE_TRITON:
         tl.store(mass_ptr + mo + 3, g3 * inv_l, mask=t_ok)
         tl.store(mass_ptr + mo + 4, g4 * inv_l, mask=t_ok)
 
+    # ------------------------------------------------------------------------------------------------ v2 kernel
+    @triton.jit
+    def _ex(x, EXP2: tl.constexpr):
+        """``2^x`` (exp2) or ``e^x``."""
+        if EXP2:
+            return tl.exp2(x)
+        else:
+            return tl.exp(x)
+
+    @triton.jit
+    def _u(v, c, EXP2: tl.constexpr):
+        """Logit units -> exponent units: ``v · c`` for the raw dot (exp2, ``c = scale · log2 e``), else ``v``."""
+        if EXP2:
+            return v * c
+        else:
+            return v
+
+    @triton.jit
+    def _max_arg(x, BLOCK_S: tl.constexpr, ARGMAX: tl.constexpr):
+        """Row maximum of ``x [R, BLOCK_S]`` and its first column (int32)."""
+        if ARGMAX == 1:
+            v, i = tl.max(x, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        elif ARGMAX == 2:
+            v = tl.max(x, axis=1)
+            cols = tl.arange(0, BLOCK_S)[None, :]
+            i = tl.min(tl.where(x == v[:, None], cols, BLOCK_S), axis=1)
+            i = tl.minimum(i, BLOCK_S - 1)  # a NaN row matches nowhere: keep the index in range
+        else:
+            v = tl.max(x, axis=1)
+            i = tl.argmax(x, axis=1)
+        return v, i.to(tl.int32)
+
+    @triton.jit
+    def _lyric_masked(
+        s, s0, lidp, c, ml, ll, psl, aml,
+        BLOCK_S: tl.constexpr, EXP2: tl.constexpr, LYR: tl.constexpr, ARGMAX: tl.constexpr,
+    ):  # fmt: skip
+        """Lyric-only softmax state over the L keys of a block that also holds other keys (or padding)."""
+        lid = tl.load(lidp + tl.arange(0, BLOCK_S))  # lyric index at each position, -1 outside L and for padding
+        in_l = lid[None, :] >= 0
+        sl = tl.where(in_l, s, float("-inf"))
+        bmax_l, bpos_l = _max_arg(sl, BLOCK_S, ARGMAX)
+        if LYR == 0:  # lyric index of the block maximum, by a masked sum
+            bidx = tl.sum(tl.where(tl.arange(0, BLOCK_S)[None, :] == bpos_l[:, None], lid[None, :], 0), axis=1)
+        else:  # its position; mapped to the lyric index at the end
+            bidx = bpos_l + s0
+        aml = tl.where(bmax_l > ml, bidx, aml)
+        ml_new = tl.maximum(ml, bmax_l)
+        xl = _u(s, c, EXP2) - _u(ml_new, c, EXP2)[:, None]
+        pl = tl.where(in_l, _ex(xl, EXP2), 0.0)
+        alpha_l = _ex(_u(ml - ml_new, c, EXP2), EXP2)
+        shift_l = _u(tl.where(ll > 0, ml_new - ml, 0.0), c, EXP2) * ll
+        ll = alpha_l * ll + tl.sum(pl, axis=1)
+        psl = alpha_l * (psl - shift_l) + tl.sum(pl * xl, axis=1)
+        return ml_new, ll, psl, aml
+
+    @triton.jit
+    def _v2_step(
+        r, s0, valid, ordp, segp, lidp, d, scale, c,
+        m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+        BLOCK_S: tl.constexpr, MASK: tl.constexpr, EXP2: tl.constexpr, LYR: tl.constexpr,
+        ORDER: tl.constexpr, ARGMAX: tl.constexpr,
+    ):  # fmt: skip
+        """Fold one key block (raw dot ``r [R, BLOCK_S]``) into the running state of every row."""
+        if EXP2:
+            s = r  # raw units: maxima commute with the positive scale; exponents use c = scale · log2 e
+        else:
+            s = r * scale
+        if MASK:
+            sm = tl.where(valid[None, :], s, float("-inf"))
+        else:
+            sm = s
+        bmax, bpos = _max_arg(sm, BLOCK_S, ARGMAX)
+        if ORDER:  # am is a position; an exact tie with an earlier block goes to the smaller packed index
+            tie = bmax == m
+            pk_new = tl.load(ordp + bpos, mask=tie, other=0)
+            pk_old = tl.load(ordp - s0 + am, mask=tie, other=0)
+            am = tl.where((bmax > m) | (tie & (pk_new < pk_old)), bpos + s0, am)
+        else:
+            am = tl.where(bmax > m, bpos + s0, am)
+        m_new = tl.maximum(m, bmax)
+        lall = (d & 2) != 0
+        lany = (d & 4) != 0
+        if LYR == 2:  # all-lyric blocks: exponents relative to the lyric maximum serve both softmaxes
+            ml_up = tl.maximum(ml, bmax)
+            mb = tl.where(lall, ml_up, m_new)
+        else:
+            mb = m_new
+        x = _u(s, c, EXP2) - _u(mb, c, EXP2)[:, None]
+        p = _ex(x, EXP2)
+        if MASK:
+            p = tl.where(valid[None, :], p, 0.0)
+        rs = tl.sum(p, axis=1)
+        rx = tl.sum(p * x, axis=1)
+        alpha = _ex(_u(m - m_new, c, EXP2), EXP2)
+        shift = _u(tl.where(l > 0, m_new - m, 0.0), c, EXP2) * l  # 0 before the first key (m = -inf)
+        if LYR == 2:
+            w = _ex(_u(mb - m_new, c, EXP2), EXP2)  # 1 unless the block is all-lyric
+            l = alpha * l + w * rs
+            ps = alpha * (ps - shift) + w * (rx - _u(m_new - mb, c, EXP2) * rs)
+        else:
+            w = 1.0
+            l = alpha * l + rs
+            ps = alpha * (ps - shift) + rx
+        g0 = g0 * alpha
+        g1 = g1 * alpha
+        g2 = g2 * alpha
+        g3 = g3 * alpha
+        g4 = g4 * alpha
+        seg_lo = ((d >> 4) & 15) - 1
+        seg_hi = ((d >> 8) & 15) - 1
+        if seg_lo == seg_hi:
+            wrs = w * rs
+            g0 += tl.where(seg_lo == 0, wrs, 0.0)
+            g1 += tl.where(seg_lo == 1, wrs, 0.0)
+            g2 += tl.where(seg_lo == 2, wrs, 0.0)
+            g3 += tl.where(seg_lo == 3, wrs, 0.0)
+            g4 += tl.where(seg_lo == 4, wrs, 0.0)
+        else:  # masked sums for the segments present only
+            seg = tl.load(segp + tl.arange(0, BLOCK_S))[None, :]
+            if (seg_lo <= 0) & (seg_hi >= 0):
+                g0 += w * tl.sum(tl.where(seg == 0, p, 0.0), axis=1)
+            if (seg_lo <= 1) & (seg_hi >= 1):
+                g1 += w * tl.sum(tl.where(seg == 1, p, 0.0), axis=1)
+            if (seg_lo <= 2) & (seg_hi >= 2):
+                g2 += w * tl.sum(tl.where(seg == 2, p, 0.0), axis=1)
+            if (seg_lo <= 3) & (seg_hi >= 3):
+                g3 += w * tl.sum(tl.where(seg == 3, p, 0.0), axis=1)
+            if (seg_lo <= 4) & (seg_hi >= 4):
+                g4 += w * tl.sum(tl.where(seg == 4, p, 0.0), axis=1)
+        if LYR == 2:
+            if lall:
+                aml = tl.where(bmax > ml, bpos + s0, aml)
+                alpha_l = _ex(_u(ml - ml_up, c, EXP2), EXP2)
+                shift_l = _u(tl.where(ll > 0, ml_up - ml, 0.0), c, EXP2) * ll
+                ll = alpha_l * ll + rs
+                psl = alpha_l * (psl - shift_l) + rx
+                ml = ml_up
+            elif not ORDER:  # lyric-first order never mixes lyric keys with others in one block
+                if lany:
+                    ml, ll, psl, aml = _lyric_masked(s, s0, lidp, c, ml, ll, psl, aml, BLOCK_S, EXP2, LYR, ARGMAX)
+        else:
+            if lany:
+                ml, ll, psl, aml = _lyric_masked(s, s0, lidp, c, ml, ll, psl, aml, BLOCK_S, EXP2, LYR, ARGMAX)
+        return m_new, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml
+
+    # q [B, T, H, D], k [B, S, KVH, D] (times L layers); plan tensors [B, S_pad] / [B, NB] / [B]; program (frame
+    # block, batch item · head group, layer) takes G selected heads ``tab[gi*G : gi*G+G]`` (positions into heads).
+    @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "S_pad", "NB", "H", "KVH", "n_sel", "n_prog", "group"])
+    def _stats_kernel_v2(
+        q_ptr, k_ptr, ord_ptr, seg_ptr, lid_ptr, desc_ptr, nblk_ptr, nlyr_ptr, heads_ptr, tab_ptr,
+        ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
+        out_off, B, T, S, S_pad, NB, H, KVH, n_sel, n_prog, group, scale, c, inv_log_s,
+        D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
+        EXP2: tl.constexpr, LYR: tl.constexpr, ORDER: tl.constexpr, ARGMAX: tl.constexpr,
+    ):  # fmt: skip
+        pid_t = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        pid_l = tl.program_id(2)
+        q_ptr += pid_l.to(tl.int64) * B * T * H * D
+        k_ptr += pid_l.to(tl.int64) * B * S * KVH * D
+        out_off += pid_l * B * n_sel * T
+        b = pid_bh // n_prog
+        gi = pid_bh % n_prog
+        rows = tl.arange(0, G * BLOCK_T)  # row i: head tab[gi*G + i // BLOCK_T], frame pid_t*BLOCK_T + i % BLOCK_T
+        hs = tl.load(tab_ptr + gi * G + rows // BLOCK_T)
+        h = tl.load(heads_ptr + hs)
+        kvh = tl.load(heads_ptr + tl.load(tab_ptr + gi * G)) // group
+        sqt = H * D
+        sks = KVH * D
+        offs_t = pid_t * BLOCK_T + rows % BLOCK_T
+        offs_d = tl.arange(0, D)
+        offs_s = tl.arange(0, BLOCK_S)
+        t_ok = offs_t < T
+        q = tl.load(
+            q_ptr + b * T * sqt + offs_t[:, None] * sqt + h[:, None] * D + offs_d[None, :],
+            mask=t_ok[:, None],
+            other=0.0,
+        )
+        kp = k_ptr + b * S * sks + kvh * D
+        ordr = ord_ptr + b * S_pad
+        segr = seg_ptr + b * S_pad
+        lidr = lid_ptr + b * S_pad
+        descr = desc_ptr + b * NB
+        m = tl.full([G * BLOCK_T], float("-inf"), tl.float32)
+        l = tl.zeros([G * BLOCK_T], tl.float32)
+        ps = tl.zeros([G * BLOCK_T], tl.float32)
+        am = tl.zeros([G * BLOCK_T], tl.int32)
+        g0 = tl.zeros([G * BLOCK_T], tl.float32)
+        g1 = tl.zeros([G * BLOCK_T], tl.float32)
+        g2 = tl.zeros([G * BLOCK_T], tl.float32)
+        g3 = tl.zeros([G * BLOCK_T], tl.float32)
+        g4 = tl.zeros([G * BLOCK_T], tl.float32)
+        ml = tl.full([G * BLOCK_T], float("-inf"), tl.float32)
+        ll = tl.zeros([G * BLOCK_T], tl.float32)
+        psl = tl.zeros([G * BLOCK_T], tl.float32)
+        aml = tl.full([G * BLOCK_T], -1, tl.int32)
+        nb = tl.load(nblk_ptr + b)
+        for blk in range(0, nb):
+            s0 = blk * BLOCK_S
+            d = tl.load(descr + blk)
+            if ORDER:
+                pk = tl.load(ordr + s0 + offs_s)
+                valid = pk >= 0
+                krow = tl.maximum(pk, 0)
+            else:
+                pk = s0 + offs_s
+                valid = pk < S
+                krow = tl.minimum(pk, S - 1)
+            k = tl.load(kp + krow[:, None] * sks + offs_d[None, :])  # padding rows read a valid key, masked below
+            if IEEE:
+                r = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                r = tl.dot(q, tl.trans(k))
+            if (d & 1) != 0:
+                m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_step(
+                    r, s0, valid, ordr + s0, segr + s0, lidr + s0, d, scale, c,
+                    m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+                    BLOCK_S, False, EXP2, LYR, ORDER, ARGMAX,
+                )  # fmt: skip
+            else:
+                m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_step(
+                    r, s0, valid, ordr + s0, segr + s0, lidr + s0, d, scale, c,
+                    m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+                    BLOCK_S, True, EXP2, LYR, ORDER, ARGMAX,
+                )  # fmt: skip
+        n_l = tl.load(nlyr_ptr + b)
+        inv_l = 1.0 / l
+        if EXP2:
+            ent = (tl.log(l) - 0.6931471805599453 * ps * inv_l) * inv_log_s
+        else:
+            ent = (tl.log(l) - ps * inv_l) * inv_log_s
+        has_l = ll > 0
+        ll_safe = tl.where(has_l, ll, 1.0)
+        if EXP2:
+            ent_l = tl.log(ll_safe) - 0.6931471805599453 * psl / ll_safe
+        else:
+            ent_l = tl.log(ll_safe) - psl / ll_safe
+        log_n = tl.log(tl.maximum(n_l, 2).to(tl.float32))
+        ent_l = tl.where(n_l > 1, ent_l / log_n, 0.0)
+        if ORDER:  # position of the maximum -> packed index
+            am = tl.load(ordr + am)
+        if LYR != 0:  # position of the lyric maximum -> lyric index
+            aml = tl.load(lidr + aml, mask=aml >= 0, other=-1)
+        aml = tl.where(n_l > 0, aml, -1)
+        o = out_off + (b * n_sel + hs) * T + offs_t
+        tl.store(ent_ptr + o, ent, mask=t_ok)
+        tl.store(arg_ptr + o, am, mask=t_ok)
+        tl.store(entl_ptr + o, ent_l, mask=t_ok)
+        tl.store(argl_ptr + o, aml, mask=t_ok)
+        mo = o * 5
+        tl.store(mass_ptr + mo + 0, g0 * inv_l, mask=t_ok)
+        tl.store(mass_ptr + mo + 1, g1 * inv_l, mask=t_ok)
+        tl.store(mass_ptr + mo + 2, g2 * inv_l, mask=t_ok)
+        tl.store(mass_ptr + mo + 3, g3 * inv_l, mask=t_ok)
+        tl.store(mass_ptr + mo + 4, g4 * inv_l, mask=t_ok)
+
+
+def _plan_for(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, lyric_first: bool) -> KeyPlan:
+    return _cached(
+        (seg_codes, lyric_index),
+        ("plan", tuple(seg_codes.shape), block_s, lyric_first),
+        lambda: key_plan(seg_codes, lyric_index, block_s, lyric_first),
+    )
+
+
+def _table_for(heads: torch.Tensor, group: int, gqa: bool) -> tuple[torch.Tensor, int]:
+    def build() -> tuple[torch.Tensor, int]:
+        tab, G = head_table([int(h) for h in heads.tolist()], group, gqa)
+        return torch.tensor(tab, dtype=torch.int32, device=heads.device), G
+
+    return _cached((heads,), ("heads", heads.numel(), group, gqa), build)
+
 
 def reduce_fused(
     q: torch.Tensor,
@@ -172,9 +656,10 @@ def reduce_fused(
     n_lyric: torch.Tensor,
     out: dict[str, torch.Tensor] | None = None,
     slot: int = 0,
-    block_t: int = 64,
-    block_s: int = 64,
-    num_warps: int = 4,
+    block_t: int | None = None,
+    block_s: int | None = None,
+    num_warps: int | None = None,
+    config: FusedConfig | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics with the fused kernel.
 
@@ -183,7 +668,21 @@ def reduce_fused(
     k ``[L, B, S, KVH, D]``, written to slots ``slot .. slot + L - 1``. Results go to ``out[name][slot]`` when
     ``out`` holds contiguous buffers ``[n, B, h, T(, 5)]`` (a whole step's layers), else to new tensors
     ``[B, h, T(, 5)]``. Returns the dict of output tensors.
+
+    ``config``: a :class:`FusedConfig` or a name in :data:`VARIANTS`; without it, :data:`DEFAULT_CONFIG`, or the
+    v1 kernel with ``block_t``, ``block_s``, ``num_warps`` when any is given. The v2 kernel needs ``scale > 0``
+    (the v1 kernel runs otherwise).
     """
+    if config is None and (block_t, block_s, num_warps) != (None, None, None):
+        cfg = FusedConfig(block_t=block_t or 64, block_s=block_s or 64, num_warps=num_warps or 4)
+    elif config is None:
+        cfg = DEFAULT_CONFIG
+    elif isinstance(config, str):
+        cfg = VARIANTS[config]
+    else:
+        cfg = config
+    if cfg.kernel == "v2" and not scale > 0:
+        cfg = replace(FusedConfig(), **{f: getattr(cfg, f) for f in ("block_t", "block_s", "num_warps", "num_stages")})
     n_layers = q.shape[0] if q.ndim == 5 else 1
     B, T, H, D = q.shape[-4:]
     S, KVH = k.shape[-3], k.shape[-2]
@@ -202,11 +701,33 @@ def reduce_fused(
         q = q.contiguous()
     if not k.is_contiguous():
         k = k.contiguous()
-    grid = ((T + block_t - 1) // block_t, B * h, n_layers)
-    _stats_kernel[grid](
-        q, k, seg_codes, lyric_index, n_lyric, heads,
+    inv_log_s = 1.0 / math.log(S) if S > 1 else 0.0
+    launch = {"num_warps": cfg.num_warps}
+    if cfg.num_stages is not None:
+        launch["num_stages"] = cfg.num_stages
+    if cfg.maxnreg is not None:
+        launch["maxnreg"] = cfg.maxnreg
+    bt, bs = cfg.block_t, cfg.block_s
+    if cfg.kernel == "v1":
+        grid = ((T + bt - 1) // bt, B * h, n_layers)
+        _stats_kernel[grid](
+            q, k, seg_codes, lyric_index, n_lyric, heads,
+            out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
+            slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), inv_log_s,
+            D=D, BLOCK_T=bt, BLOCK_S=bs, IEEE=q.dtype == torch.float32, **launch,
+        )  # fmt: skip
+        return out
+    plan = _plan_for(seg_codes, lyric_index, bs, cfg.order)
+    tab, G = _table_for(heads, group, cfg.gqa)
+    n_prog = h // G
+    s_pad, nb = plan.order.shape[1], plan.desc.shape[1]
+    grid = ((T + bt - 1) // bt, B * n_prog, n_layers)
+    _stats_kernel_v2[grid](
+        q, k, plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab,
         out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), 1.0 / math.log(S) if S > 1 else 0.0,
-        D=D, BLOCK_T=block_t, BLOCK_S=block_s, IEEE=q.dtype == torch.float32, num_warps=num_warps,
+        slot * B * h * T, B, T, S, s_pad, nb, H, KVH, h, n_prog, group,
+        float(scale), float(scale) * math.log2(math.e), inv_log_s,
+        D=D, BLOCK_T=bt, BLOCK_S=bs, G=G, IEEE=q.dtype == torch.float32,
+        EXP2=cfg.exp2, LYR=_LYRIC_CODE[cfg.lyric], ORDER=cfg.order, ARGMAX=_ARGMAX_CODE[cfg.argmax], **launch,
     )  # fmt: skip
     return out

@@ -1,0 +1,310 @@
+"""Fused Triton forward and backward of the per-frame attention entropy (the differentiable training penalty).
+
+For one (batch item, query head ``h``, frame ``i``) with logits ``s_ij = scale · q_i · k_j`` over the taken keys
+``j`` (KV head ``h // G``, ``G = H / KVH``) and ``p_ij = softmax_j(s_ij)``::
+
+    H_i       = lse_i - Σ_j p_ij s_ij                       lse_i = log Σ_j e^{s_ij}
+    ∂H_i/∂s_ij = -p_ij (s_ij - μ_i)                         μ_i   = Σ_j p_ij s_ij   ("mean_s")
+
+Forward (:func:`_entropy_fwd_kernel`, one program per block of frames of one (batch item, head)): streams over
+key blocks with an online softmax and keeps, in fp32, the running maximum ``m``, ``l = Σ e^{s-m}`` and
+``u = Σ e^{s-m} (s - m)`` (``u`` is rescaled as ``m`` grows: ``u ← α (u + (m - m') l) + Σ e^{s-m'} (s - m')``,
+``α = e^{m - m'}``), then writes ``H = log l - u / l``, ``lse = m + log l`` and ``μ = m + u / l``. Keeping ``s``
+relative to ``m`` avoids the cancellation of ``lse - μ`` for large logits.
+
+Backward, given ``g = ∂L/∂H`` ``[B, H, T]``: ``gs_ij = -g_i p_ij (s_ij - μ_i)`` with ``p_ij = e^{s_ij - lse_i}``
+recomputed from ``q`` and ``k``, then::
+
+    dq_i = scale · Σ_j gs_ij k_j                             (_entropy_dq_kernel: one program per frame block)
+    dk_j = scale · Σ_{h in group} Σ_i gs_hij q_hi            (_entropy_dk_kernel: one program per key block)
+
+Two kernels, so that each output row is owned by one program: no atomics, deterministic results. Saved for
+backward: ``q``, ``k``, the key mask, ``lse`` and ``μ`` (fp32 ``[B, H, T]``), never ``P``.
+
+Products use ``tl.dot`` with fp32 accumulation: bf16/fp16 inputs multiply in their own dtype (as the attention
+kernel; ``gs`` is rounded to that dtype for the gradient products, as in the PyTorch path), fp32 inputs with IEEE
+fp32 products. Needs Triton and a power-of-2 ``head_dim`` in [16, 256]; CUDA tensors, or any tensors under
+``TRITON_INTERPRET=1`` (the tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # Triton is optional: CUDA builds of torch bring it
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except Exception:  # pragma: no cover - depends on the install
+    HAVE_TRITON = False
+
+FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# (BLOCK_T, BLOCK_S, num_warps) per kernel; tuned for head_dim 128 on H100 (see benchmarks/profile_entropy.py)
+DEFAULT_BLOCKS: dict[str, tuple[int, int, int]] = {"fwd": (64, 64, 4), "dq": (64, 64, 4), "dk": (64, 64, 4)}
+
+
+def fused_entropy_supported(q: torch.Tensor) -> bool:
+    """True when the fused kernels can run for queries ``q [B, T, H, D]``: Triton importable, ``q`` on CUDA (or
+    the interpreter switched on), dtype bf16/fp16/fp32, ``D`` a power of 2 in [16, 256]."""
+    D = q.shape[-1]
+    runs_here = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return HAVE_TRITON and runs_here and q.dtype in FUSED_DTYPES and 16 <= D <= 256 and D & (D - 1) == 0
+
+
+if HAVE_TRITON:
+    # Layouts: q [B, T, H, D] and k [B, S, KVH, D] with unit stride along D (other strides passed); mask int8
+    # [B, S] (nonzero = key taken); h, lse, mean_s fp32 [B, H, T] contiguous; g fp32 [B, H, T] with any strides
+    # (the gradient of a mean is an expanded tensor). Lengths are not specialized: one compiled kernel per dtype
+    # and block shape serves every clip length.
+    @triton.jit
+    def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+        """``a @ b`` with fp32 accumulation; ``UPCAST``: bf16 operands as exact fp32 (for Triton's interpreter)."""
+        if UPCAST:
+            out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        elif IEEE:
+            out = tl.dot(a, b, input_precision="ieee")
+        else:
+            out = tl.dot(a, b)
+        return out
+
+    @triton.jit(do_not_specialize=["T", "S", "H", "G"])
+    def _entropy_fwd_kernel(
+        q_ptr, k_ptr, mask_ptr, h_ptr, lse_ptr, mean_ptr,
+        T, S, H, G, scale,
+        sqb, sqt, sqh, skb, sks, skh, smb,
+        D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        pid_t = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // H).to(tl.int64)
+        h = pid_bh % H
+        kvh = h // G
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_d = tl.arange(0, D)
+        t_ok = offs_t < T
+        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
+        # running max from a finite "minus infinity": e^{m - m'} and (m - m') · l stay free of NaN before a key
+        m = tl.full([BLOCK_T], -1.0e30, tl.float32)
+        lsum = tl.zeros([BLOCK_T], tl.float32)  # Σ e^{s-m}
+        u = tl.zeros([BLOCK_T], tl.float32)  # Σ e^{s-m} (s - m)
+        for s0 in range(0, S, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            in_s = offs_s < S
+            k = tl.load(
+                k_ptr + b * skb + offs_s[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
+            )
+            s = _dot(q, tl.trans(k), IEEE, UPCAST)
+            s = s * scale  # [BLOCK_T, BLOCK_S] fp32
+            ok = in_s
+            if HAS_MASK:
+                ok = ok & (tl.load(mask_ptr + b * smb + offs_s, mask=in_s, other=0) != 0)
+            s = tl.where(ok[None, :], s, -1.0e30)
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp(m - m_new)
+            d = tl.where(ok[None, :], s - m_new[:, None], 0.0)
+            e = tl.where(ok[None, :], tl.exp(d), 0.0)
+            u = alpha * (u + (m - m_new) * lsum) + tl.sum(e * d, axis=1)
+            lsum = alpha * lsum + tl.sum(e, axis=1)
+            m = m_new
+        log_l = tl.log(lsum)
+        ratio = u / lsum
+        o = pid_bh.to(tl.int64) * T + offs_t
+        tl.store(h_ptr + o, log_l - ratio, mask=t_ok)
+        tl.store(lse_ptr + o, m + log_l, mask=t_ok)
+        tl.store(mean_ptr + o, m + ratio, mask=t_ok)
+
+    @triton.jit(do_not_specialize=["T", "S", "H", "G"])
+    def _entropy_dq_kernel(
+        q_ptr, k_ptr, mask_ptr, lse_ptr, mean_ptr, g_ptr, dq_ptr,
+        T, S, H, G, scale,
+        sqb, sqt, sqh, skb, sks, skh, smb, sgb, sgh, sgt, sdb, sdt, sdh,
+        D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        pid_t = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // H).to(tl.int64)
+        h = pid_bh % H
+        kvh = h // G
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_d = tl.arange(0, D)
+        t_ok = offs_t < T
+        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
+        o = pid_bh.to(tl.int64) * T + offs_t
+        lse = tl.load(lse_ptr + o, mask=t_ok, other=0.0)
+        mean_s = tl.load(mean_ptr + o, mask=t_ok, other=0.0)
+        g = tl.load(g_ptr + b * sgb + h * sgh + offs_t * sgt, mask=t_ok, other=0.0)  # rows past T: g = 0
+        acc = tl.zeros([BLOCK_T, D], tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            in_s = offs_s < S
+            k = tl.load(
+                k_ptr + b * skb + offs_s[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
+            )
+            s = _dot(q, tl.trans(k), IEEE, UPCAST)
+            s = s * scale
+            ok = in_s
+            if HAS_MASK:
+                ok = ok & (tl.load(mask_ptr + b * smb + offs_s, mask=in_s, other=0) != 0)
+            p = tl.where(ok[None, :], tl.exp(s - lse[:, None]), 0.0)
+            gs = -g[:, None] * p * (s - mean_s[:, None])  # ∂L/∂s [BLOCK_T, BLOCK_S]
+            acc += _dot(gs.to(k.dtype), k, IEEE, UPCAST)
+        dq = acc * scale
+        tl.store(
+            dq_ptr + b * sdb + offs_t[:, None] * sdt + h * sdh + offs_d[None, :],
+            dq.to(dq_ptr.dtype.element_ty),
+            mask=t_ok[:, None],
+        )
+
+    @triton.jit(do_not_specialize=["T", "S", "H", "KVH", "G"])
+    def _entropy_dk_kernel(
+        q_ptr, k_ptr, mask_ptr, lse_ptr, mean_ptr, g_ptr, dk_ptr,
+        T, S, H, KVH, G, scale,
+        sqb, sqt, sqh, skb, sks, skh, smb, sgb, sgh, sgt, sdb, sds, sdh,
+        D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        pid_s = tl.program_id(0)
+        pid_bk = tl.program_id(1)
+        b = (pid_bk // KVH).to(tl.int64)
+        kvh = pid_bk % KVH
+        offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, D)
+        in_s = offs_s < S
+        k = tl.load(
+            k_ptr + b * skb + offs_s[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
+        )
+        ok = in_s
+        if HAS_MASK:
+            ok = ok & (tl.load(mask_ptr + b * smb + offs_s, mask=in_s, other=0) != 0)
+        acc = tl.zeros([BLOCK_S, D], tl.float32)
+        for hg in range(0, G):
+            h = kvh * G + hg
+            row0 = (b * H + h) * T
+            for t0 in range(0, T, BLOCK_T):
+                offs_t = t0 + tl.arange(0, BLOCK_T)
+                t_ok = offs_t < T
+                q = tl.load(
+                    q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0
+                )
+                lse = tl.load(lse_ptr + row0 + offs_t, mask=t_ok, other=0.0)
+                mean_s = tl.load(mean_ptr + row0 + offs_t, mask=t_ok, other=0.0)
+                g = tl.load(g_ptr + b * sgb + h * sgh + offs_t * sgt, mask=t_ok, other=0.0)
+                st = _dot(k, tl.trans(q), IEEE, UPCAST)
+                st = st * scale  # sᵀ [BLOCK_S, BLOCK_T]
+                pt = tl.where(ok[:, None] & t_ok[None, :], tl.exp(st - lse[None, :]), 0.0)
+                gst = -g[None, :] * pt * (st - mean_s[None, :])  # (∂L/∂s)ᵀ
+                acc += _dot(gst.to(q.dtype), q, IEEE, UPCAST)
+        dk = acc * scale
+        tl.store(
+            dk_ptr + b * sdb + offs_s[:, None] * sds + kvh * sdh + offs_d[None, :],
+            dk.to(dk_ptr.dtype.element_ty),
+            mask=in_s[:, None],
+        )
+
+
+def _upcast(q: torch.Tensor) -> bool:
+    """bf16 under Triton's interpreter: its ``tl.dot`` multiplies the raw 16-bit storage of bf16 (Triton 3.x), so
+    the operands go through fp32 there (exact: bf16 products are exact in fp32, as in the tensor cores)."""
+    return q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _unit_d(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class _FusedEntropyFn(torch.autograd.Function):
+    """Per-frame entropy ``[B, H, T]`` (fp32, not normalized) with the fused kernels; saves q, k, mask, lse, μ."""
+
+    @staticmethod
+    def forward(ctx, q, k, kmask, scale, blocks):  # q [B,T,H,D], k [B,S,KVH,D] (q's dtype), kmask int8 [B,S] | None
+        B, T, H, D = q.shape
+        S, KVH = k.shape[1], k.shape[2]
+        q, k = _unit_d(q), _unit_d(k)
+        h = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+        lse = torch.empty_like(h)
+        mean_s = torch.empty_like(h)
+        mask = kmask if kmask is not None else h  # dummy pointer when there is no mask
+        bt, bs, warps = blocks["fwd"]
+        grid = (triton.cdiv(T, bt), B * H)
+        _entropy_fwd_kernel[grid](
+            q, k, mask, h, lse, mean_s, T, S, H, H // KVH, float(scale),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            kmask.stride(0) if kmask is not None else 0,
+            D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=kmask is not None, IEEE=q.dtype == torch.float32, UPCAST=_upcast(q), num_warps=warps,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, kmask if kmask is not None else torch.empty(0, device=q.device), lse, mean_s)
+        ctx.has_mask, ctx.scale, ctx.blocks = kmask is not None, float(scale), blocks
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out [B, H, T]
+        q, k, kmask, lse, mean_s = ctx.saved_tensors
+        has_mask = ctx.has_mask
+        B, T, H, D = q.shape
+        S, KVH = k.shape[1], k.shape[2]
+        g = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
+        mask = kmask if has_mask else lse
+        sm = kmask.stride(0) if has_mask else 0
+        ieee, upcast = q.dtype == torch.float32, _upcast(q)
+        common = (ctx.scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), sm,
+                  g.stride(0), g.stride(1), g.stride(2))  # fmt: skip
+        dq = dk = None
+        if ctx.needs_input_grad[0]:
+            dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # [B, T, H, D]
+            bt, bs, warps = ctx.blocks["dq"]
+            _entropy_dq_kernel[(triton.cdiv(T, bt), B * H)](
+                q, k, mask, lse, mean_s, g, dq, T, S, H, H // KVH, *common, dq.stride(0), dq.stride(1), dq.stride(2),
+                D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=has_mask, IEEE=ieee, UPCAST=upcast, num_warps=warps,
+            )  # fmt: skip
+        if ctx.needs_input_grad[1]:
+            dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)  # [B, S, KVH, D]
+            bt, bs, warps = ctx.blocks["dk"]
+            _entropy_dk_kernel[(triton.cdiv(S, bs), B * KVH)](
+                q, k, mask, lse, mean_s, g, dk, T, S, H, KVH, H // KVH, *common,
+                dk.stride(0), dk.stride(1), dk.stride(2),
+                D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=has_mask, IEEE=ieee, UPCAST=upcast, num_warps=warps,
+            )  # fmt: skip
+        return dq, dk, None, None, None
+
+
+def fused_attention_entropy(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    key_mask: torch.Tensor | None = None,
+    blocks: dict[str, tuple[int, int, int]] | None = None,
+) -> torch.Tensor:
+    """Per-frame entropy ``H = lse - Σ p s`` ``[B, H, T]`` (fp32, in nats, not normalized) of
+    ``softmax(scale · q kᵀ)``, differentiable in ``q`` and ``k``, with the fused Triton kernels.
+
+    No argument checks beyond the kernels' needs: :func:`attnlens.reducers.differentiable.attention_entropy` is
+    the public entry (validation, lyric-key gathering, normalization).
+
+    Args:
+        q: ``[B, T, H, D]``, bf16/fp16/fp32 (see :func:`fused_entropy_supported`).
+        k: ``[B, S, KVH, D]``; cast to ``q``'s dtype. Query head ``h`` reads KV head ``h // (H / KVH)``.
+        key_mask: optional ``[B, S]`` (bool or integer, nonzero = taken); every item needs at least one key.
+        blocks: per kernel (``"fwd"``, ``"dq"``, ``"dk"``) ``(BLOCK_T, BLOCK_S, num_warps)``; block sizes powers
+            of 2, at least 16. Defaults: :data:`DEFAULT_BLOCKS`.
+    """
+    if not fused_entropy_supported(q):
+        raise ValueError(
+            f"the fused entropy kernels need Triton, a CUDA tensor (or TRITON_INTERPRET=1), dtype bf16/fp16/fp32 "
+            f"and a power-of-2 head_dim in [16, 256]; got {q.dtype} {tuple(q.shape)} on {q.device} "
+            f"(Triton {'found' if HAVE_TRITON else 'missing'})"
+        )
+    blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
+    if k.dtype != q.dtype:
+        k = k.to(q.dtype)
+    kmask = None
+    if key_mask is not None:
+        kmask = key_mask.to(device=q.device, dtype=torch.int8)
+        if kmask.stride(1) != 1:
+            kmask = kmask.contiguous()
+    return _FusedEntropyFn.apply(q, k, kmask, float(scale), blocks)

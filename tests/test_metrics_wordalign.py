@@ -95,3 +95,34 @@ def test_timing_error_hand_computed():
         timing_error([("walking", 0.0), ("up", 0.5)], true[:2])
     with pytest.raises(ValueError, match="matched in order"):
         timing_error(pred[:3], true)
+
+
+def _with_intro_outro(token_frames, n_frames, intro, outro, seed=0):
+    """A planted staircase framed by an instrumental intro of `intro` frames and an outro of `outro` frames in
+    which the head looks at tokens out of order (the last token during the intro, the first during the outro)."""
+    rng = np.random.default_rng(seed)
+    maps = _staircase([f + intro for f in token_frames], n_frames + intro)[0]
+    n = maps.shape[0]
+    out = np.concatenate([maps, np.zeros((n, outro))], axis=1)
+    out[:, :intro] = maps[:, -1:]  # an intro frame looks like a frame of the last token
+    out[:, -outro:] = maps[:, :1]  # an outro frame looks like a frame of the first token
+    return (out * rng.uniform(0.9, 1.1, size=out.shape))[None]
+
+
+def test_open_ends_find_the_intro_and_outro():
+    token_frames = [0, 5, 9, 16, 20]  # last token ends at frame 26 (relative)
+    maps = _with_intro_outro(token_frames, 26, intro=6, outro=8)
+    ta = align_tokens(maps, np.arange(5), frame_rate=12.5)
+    assert ta.word_start_frame.tolist() == [6, 11, 15, 22, 26]
+    assert ta.word_end_frame[-1] == 32  # the outro (frames 32..39) belongs to no word
+    pinned = align_tokens(maps, np.arange(5), frame_rate=12.5, open_ends=False)
+    assert pinned.word_start_frame[0] == 0 and pinned.word_end_frame[-1] == 40  # Whisper's rule: pinned ends
+
+
+def test_open_ends_change_nothing_without_intro():
+    token_frames = [0, 5, 10, 15, 20, 25]
+    maps = _staircase(token_frames, 30)
+    a = align_tokens(maps, np.arange(6), frame_rate=10.0)
+    b = align_tokens(maps, np.arange(6), frame_rate=10.0, open_ends=False)
+    assert a.word_start_frame.tolist() == b.word_start_frame.tolist() == token_frames
+    assert a.word_end_frame.tolist() == b.word_end_frame.tolist()

@@ -9,9 +9,15 @@ For lyric maps ``maps[head, token, frame]`` (attention probabilities of the chos
 3. median filter along frames, width 7 by default, edges mirrored (Whisper's reflect padding); skipped when
    ``frames <= width // 2``, as Whisper does;
 4. mean over heads -> ``M[token, frame]``;
-5. exact DTW on ``-M`` (rows tokens, columns frames);
+5. exact DTW on ``-M`` (rows tokens, columns frames). With ``open_ends`` (the default) the rows are framed by a
+   leading and a trailing *silence* row of score 0 (the per-frame mean of the z-scores) and the columns by one
+   virtual frame at each end that only the silence rows may take: leading frames where the first token scores
+   below the frame's mean across tokens go to no word (an intro), and likewise trailing frames (an outro); with
+   ``open_ends=False`` the path starts on the first token at frame 0 and ends on the last token at the last frame
+   (Whisper's rule);
 6. token ``k`` starts at the first path frame on row ``k``; word ``w`` starts where its first token starts and ends
-   where the next word starts; the last word ends at the end of the last frame. Times = frame / frame_rate seconds.
+   where the next word starts; the last word ends where the trailing silence starts (at the end of the last frame
+   without ``open_ends``). Times = frame / frame_rate seconds.
 """
 
 from __future__ import annotations
@@ -91,13 +97,32 @@ def alignment_matrix(maps: Any, medfilt_width: int = 7) -> np.ndarray:
     return z.mean(axis=0)
 
 
+_BLOCKED = 1e9  # cost of a token on a virtual frame (a finite "never": the DTW needs finite costs)
+
+
+def _open_ends_cost(M: np.ndarray) -> np.ndarray:
+    """``-M`` ``[token, frame]`` framed by silence rows (cost 0) and virtual frames ``[token + 2, frame + 2]``."""
+    n, F = M.shape
+    cost = np.full((n + 2, F + 2), _BLOCKED)
+    cost[0, :] = 0.0
+    cost[-1, :] = 0.0
+    cost[1:-1, 1:-1] = -M
+    return cost
+
+
 def align_tokens(
-    maps: Any, word_ids: Any, frame_rate: float, medfilt_width: int = 7, dtw_rule: str = "exact"
+    maps: Any,
+    word_ids: Any,
+    frame_rate: float,
+    medfilt_width: int = 7,
+    dtw_rule: str = "exact",
+    open_ends: bool = True,
 ) -> TokenAlignment:
     """Word timestamps from lyric maps ``maps[head, token, frame]`` (see the module docstring).
 
     ``word_ids[token]``: word index of each token (0, 1, 2, ... in order, each word's tokens contiguous; -1 for tokens
     that belong to no word, which still take part in the DTW). ``frame_rate``: frames per second (12.5 for ACE-Step).
+    ``open_ends``: leading/trailing frames may belong to no word (step 5).
     """
     if not frame_rate > 0:
         raise ValueError(f"frame_rate must be > 0; got {frame_rate}")
@@ -112,12 +137,21 @@ def align_tokens(
         raise ValueError("word_ids must number the words 0, 1, 2, ... in token order, each word's tokens contiguous")
     if real.size and len(np.unique(real)) != n_words:
         raise ValueError("word_ids skip a word number")
-    rows, cols = dtw(-M, rule=dtw_rule)
+    end_frame = n_frames
+    if open_ends:
+        rows, cols = dtw(_open_ends_cost(M), rule=dtw_rule)
+        keep = (rows >= 1) & (rows <= n_tok) & (cols >= 1) & (cols <= n_frames)
+        if not np.all(np.isin(np.arange(1, n_tok + 1), rows[keep])):
+            raise ValueError(f"{n_tok} tokens cannot be aligned to {n_frames} frames (fewer frames than tokens?)")
+        end_frame = int(cols[keep & (rows == n_tok)].max())  # last token's last frame + 1 (cols are shifted by 1)
+        rows, cols = rows[keep] - 1, cols[keep] - 1
+    else:
+        rows, cols = dtw(-M, rule=dtw_rule)
     first = np.ones(len(rows), dtype=bool)
     first[1:] = rows[1:] != rows[:-1]
     tok_start = cols[first]  # the path visits every row, in order
     word_start = np.array([tok_start[np.flatnonzero(wid == w)[0]] for w in range(n_words)], dtype=np.int64)
-    word_end = np.append(word_start[1:], n_frames).astype(np.int64) if n_words else np.zeros(0, dtype=np.int64)
+    word_end = np.append(word_start[1:], end_frame).astype(np.int64) if n_words else np.zeros(0, dtype=np.int64)
     return TokenAlignment(
         token_start_frame=tok_start.astype(np.int64),
         word_ids=wid,

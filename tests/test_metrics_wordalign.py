@@ -51,14 +51,19 @@ def test_matrix_steps_by_hand():
     maps = rng.random((2, 4, 20))
     w = maps / maps.sum(-1, keepdims=True)
     z = (w - w.mean(1, keepdims=True)) / w.std(1, keepdims=True)
+    mass = maps.sum(1, keepdims=True)  # [head, 1, frame] lyric mass per frame
+    zw = z * mass / mass.max(-1, keepdims=True)
     # Whisper pads with torch's reflect mode (edge not repeated) = scipy "mirror"
     import torch
 
-    t = torch.nn.functional.pad(torch.tensor(z), (3, 3, 0, 0), mode="reflect")
-    med = t.unfold(-1, 7, 1).sort()[0][..., 3].numpy()
-    assert np.allclose(alignment_matrix(maps), med.mean(0), atol=1e-12)
-    assert np.allclose(alignment_matrix(maps, medfilt_width=1), z.mean(0), atol=1e-12)
-    assert np.allclose(med, scipy.ndimage.median_filter(z, size=(1, 1, 7), mode="mirror"))
+    def med(a):
+        t = torch.nn.functional.pad(torch.tensor(a), (3, 3, 0, 0), mode="reflect")
+        return t.unfold(-1, 7, 1).sort()[0][..., 3].numpy()
+
+    assert np.allclose(alignment_matrix(maps), med(zw).mean(0), atol=1e-12)
+    assert np.allclose(alignment_matrix(maps, medfilt_width=1), zw.mean(0), atol=1e-12)
+    assert np.allclose(alignment_matrix(maps, lyric_weight=False), med(z).mean(0), atol=1e-12)  # Whisper's matrix
+    assert np.allclose(med(z), scipy.ndimage.median_filter(z, size=(1, 1, 7), mode="mirror"))
 
 
 def test_bad_word_ids_and_maps():
@@ -126,3 +131,17 @@ def test_open_ends_change_nothing_without_intro():
     b = align_tokens(maps, np.arange(6), frame_rate=10.0, open_ends=False)
     assert a.word_start_frame.tolist() == b.word_start_frame.tolist() == token_frames
     assert a.word_end_frame.tolist() == b.word_end_frame.tolist()
+
+
+def test_intro_that_looks_away_from_the_lyrics():
+    """During the intro the head attends to other keys (caption, timbre): the lyric columns hold ~0 mass with noise.
+    Unweighted z-scores magnify that noise into evidence for some token; the lyric-mass weighting does not."""
+    rng = np.random.default_rng(3)
+    intro, token_frames, n_frames = 7, [0, 5, 9, 16, 20], 26
+    maps = _staircase([f + intro for f in token_frames], n_frames + intro)[0]
+    maps[:, :intro] = rng.uniform(0, 1e-4, size=(maps.shape[0], intro))  # lyric mass ≈ 0 in the intro
+    maps[0, :intro] += 2e-4  # ... and the first token slightly ahead of the others there
+    ta = align_tokens(maps, np.arange(5), frame_rate=12.5)
+    assert ta.word_start_frame.tolist() == [7, 12, 16, 23, 27]
+    unweighted = align_tokens(maps, np.arange(5), frame_rate=12.5, lyric_weight=False)
+    assert unweighted.word_start_frame[0] == 0  # the noise reads as the first word

@@ -61,6 +61,7 @@ def align(
     medfilt_width: int = 7,
     dtw_rule: str = "exact",
     open_ends: bool = True,
+    lyric_weight: bool = True,
 ) -> Alignment:
     """Word and line timestamps for batch item ``batch`` at generation ``step`` (negative counts from the end;
     ``"mean"`` for a mean-over-steps capture) from the full maps of ``heads`` (a list of (layer, head) pairs, a dict
@@ -69,7 +70,8 @@ def align(
     Needs the maps of those heads (``al.capture(pipe, layers=..., heads=..., maps=True)``) and a layout that knows
     the sung words (captures of a pipeline have one). Times in seconds from ``cap.frame_rate``. ``open_ends``:
     leading and trailing frames may belong to no word (an intro or outro; see :mod:`attnlens.metrics.wordalign`);
-    ``False`` pins the first word to frame 0 and the last word's end to the last frame.
+    ``False`` pins the first word to frame 0 and the last word's end to the last frame. ``lyric_weight``: frames
+    count in proportion to the heads' lyric mass there (``False``: Whisper's unweighted z-scores).
     """
     pairs = parse_heads(heads)
     b = cap.batch_index(batch)
@@ -87,7 +89,13 @@ def align(
         raise ValueError("some sung lyric tokens carry no word index (word_index -1) in the layout")
     maps = lyric_maps(cap, pairs, step, b, pos)  # [head, token, frame]
     ta = align_tokens(
-        maps, word_ids, cap.frame_rate, medfilt_width=medfilt_width, dtw_rule=dtw_rule, open_ends=open_ends
+        maps,
+        word_ids,
+        cap.frame_rate,
+        medfilt_width=medfilt_width,
+        dtw_rule=dtw_rule,
+        open_ends=open_ends,
+        lyric_weight=lyric_weight,
     )
     n_words = len(ta.word_start_frame)
     if n_words != len(it.words):

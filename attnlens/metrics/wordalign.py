@@ -5,16 +5,19 @@ For lyric maps ``maps[head, token, frame]`` (attention probabilities of the chos
 1. per head, softmax over frames of the log-probabilities: ``W[h, t, f] = P[h, t, f] / sum_f P[h, t, f]``
    (Whisper applies the softmax to the logits; probabilities keep them only up to a per-frame constant, so the
    log-probabilities stand in for them; a token row that is all zero becomes uniform);
-2. z-score across tokens for every (head, frame): ``(W - mean_t W) / std_t W`` (population std; 0 where std is 0);
+2. z-score across tokens for every (head, frame): ``(W - mean_t W) / std_t W`` (population std; 0 where std is 0),
+   then weighted by the frame's lyric mass relative to the clip's largest, ``m_f / max_f m_f`` with
+   ``m_f = Σ_t P[h, t, f]`` (``lyric_weight``, default on): a frame whose attention goes to other keys (caption,
+   timbre) is no evidence for any word, where the z-score alone would magnify the noise of near-zero columns;
 3. median filter along frames, width 7 by default, edges mirrored (Whisper's reflect padding); skipped when
    ``frames <= width // 2``, as Whisper does;
 4. mean over heads -> ``M[token, frame]``;
 5. exact DTW on ``-M`` (rows tokens, columns frames). With ``open_ends`` (the default) the rows are framed by a
-   leading and a trailing *silence* row of score 0 (the per-frame mean of the z-scores) and the columns by one
-   virtual frame at each end that only the silence rows may take: leading frames where the first token scores
-   below the frame's mean across tokens go to no word (an intro), and likewise trailing frames (an outro); with
-   ``open_ends=False`` the path starts on the first token at frame 0 and ends on the last token at the last frame
-   (Whisper's rule);
+   leading and a trailing *silence* row of score ``silence`` (0.5: half a token-standard-deviation at the clip's
+   fullest lyric attention) and the columns by one virtual frame at each end that only the silence rows may take:
+   leading frames where the first token scores below ``silence`` go to no word (an intro), and likewise trailing
+   frames after the last token (an outro); with ``open_ends=False`` the path starts on the first token at frame 0
+   and ends on the last token at the last frame (Whisper's rule);
 6. token ``k`` starts at the first path frame on row ``k``; word ``w`` starts where its first token starts and ends
    where the next word starts; the last word ends where the trailing silence starts (at the end of the last frame
    without ``open_ends``). Times = frame / frame_rate seconds.
@@ -82,7 +85,7 @@ def _as_maps(maps: Any) -> np.ndarray:
     return x
 
 
-def alignment_matrix(maps: Any, medfilt_width: int = 7) -> np.ndarray:
+def alignment_matrix(maps: Any, medfilt_width: int = 7, lyric_weight: bool = True) -> np.ndarray:
     """Steps 1-4 of the module docstring: ``M[token, frame]`` from ``maps[head, token, frame]``."""
     x = _as_maps(maps)
     if medfilt_width < 1 or medfilt_width % 2 == 0:
@@ -92,6 +95,10 @@ def alignment_matrix(maps: Any, medfilt_width: int = 7) -> np.ndarray:
     mean = w.mean(axis=1, keepdims=True)
     std = w.std(axis=1, keepdims=True)
     z = np.where(std > 0, (w - mean) / np.where(std > 0, std, 1.0), 0.0)
+    if lyric_weight:
+        m = x.sum(axis=1, keepdims=True)  # [head, 1, frame]: lyric mass of every frame
+        top = m.max(axis=-1, keepdims=True)
+        z = z * np.where(top > 0, m / np.where(top > 0, top, 1.0), 0.0)
     if medfilt_width > 1 and z.shape[-1] > medfilt_width // 2:
         z = median_filter(z, size=(1, 1, medfilt_width), mode="mirror")
     return z.mean(axis=0)
@@ -100,12 +107,12 @@ def alignment_matrix(maps: Any, medfilt_width: int = 7) -> np.ndarray:
 _BLOCKED = 1e9  # cost of a token on a virtual frame (a finite "never": the DTW needs finite costs)
 
 
-def _open_ends_cost(M: np.ndarray) -> np.ndarray:
-    """``-M`` ``[token, frame]`` framed by silence rows (cost 0) and virtual frames ``[token + 2, frame + 2]``."""
+def _open_ends_cost(M: np.ndarray, silence: float) -> np.ndarray:
+    """``-M`` ``[token, frame]`` framed by silence rows (cost ``-silence``) and virtual frames ``[token+2, frame+2]``."""
     n, F = M.shape
     cost = np.full((n + 2, F + 2), _BLOCKED)
-    cost[0, :] = 0.0
-    cost[-1, :] = 0.0
+    cost[0, :] = -silence
+    cost[-1, :] = -silence
     cost[1:-1, 1:-1] = -M
     return cost
 
@@ -117,16 +124,19 @@ def align_tokens(
     medfilt_width: int = 7,
     dtw_rule: str = "exact",
     open_ends: bool = True,
+    lyric_weight: bool = True,
+    silence: float = 0.5,
 ) -> TokenAlignment:
     """Word timestamps from lyric maps ``maps[head, token, frame]`` (see the module docstring).
 
     ``word_ids[token]``: word index of each token (0, 1, 2, ... in order, each word's tokens contiguous; -1 for tokens
     that belong to no word, which still take part in the DTW). ``frame_rate``: frames per second (12.5 for ACE-Step).
-    ``open_ends``: leading/trailing frames may belong to no word (step 5).
+    ``open_ends``: leading/trailing frames may belong to no word (step 5), scored ``silence``; ``lyric_weight``: step
+    2's weighting.
     """
     if not frame_rate > 0:
         raise ValueError(f"frame_rate must be > 0; got {frame_rate}")
-    M = alignment_matrix(maps, medfilt_width)
+    M = alignment_matrix(maps, medfilt_width, lyric_weight=lyric_weight)
     n_tok, n_frames = M.shape
     wid = np.asarray(word_ids.cpu() if isinstance(word_ids, torch.Tensor) else word_ids, dtype=np.int64)
     if wid.shape != (n_tok,):
@@ -139,7 +149,7 @@ def align_tokens(
         raise ValueError("word_ids skip a word number")
     end_frame = n_frames
     if open_ends:
-        rows, cols = dtw(_open_ends_cost(M), rule=dtw_rule)
+        rows, cols = dtw(_open_ends_cost(M, float(silence)), rule=dtw_rule)
         keep = (rows >= 1) & (rows <= n_tok) & (cols >= 1) & (cols <= n_frames)
         if not np.all(np.isin(np.arange(1, n_tok + 1), rows[keep])):
             raise ValueError(f"{n_tok} tokens cannot be aligned to {n_frames} frames (fewer frames than tokens?)")

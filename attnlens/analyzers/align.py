@@ -58,7 +58,7 @@ def align(
     heads: Any,
     step: Any = -1,
     batch: int = 0,
-    medfilt_width: int = 7,
+    medfilt_width: int | None = None,
     dtw_rule: str = "exact",
     open_ends: bool = True,
     lyric_weight: bool = True,
@@ -70,7 +70,8 @@ def align(
     Needs the maps of those heads (``al.capture(pipe, layers=..., heads=..., maps=True)``) and a layout that knows
     the sung words (captures of a pipeline have one). Times in seconds from ``cap.frame_rate``. ``open_ends``:
     leading and trailing frames may belong to no word (an intro or outro; see :mod:`attnlens.metrics.wordalign`);
-    ``False`` pins the first word to frame 0 and the last word's end to the last frame. ``lyric_weight``: frames
+    ``False`` pins the first word to frame 0 and the last word's end to the last frame. ``medfilt_width``: the median
+    filter in frames (default: Whisper's 140 ms, i.e. none at 12.5 Hz). ``lyric_weight``: frames
     count in proportion to the heads' lyric mass there (``False``: Whisper's unweighted z-scores).
     """
     pairs = parse_heads(heads)

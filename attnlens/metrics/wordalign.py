@@ -9,8 +9,10 @@ For lyric maps ``maps[head, token, frame]`` (attention probabilities of the chos
    then weighted by the frame's lyric mass relative to the clip's largest, ``m_f / max_f m_f`` with
    ``m_f = Σ_t P[h, t, f]`` (``lyric_weight``, default on): a frame whose attention goes to other keys (caption,
    timbre) is no evidence for any word, where the z-score alone would magnify the noise of near-zero columns;
-3. median filter along frames, width 7 by default, edges mirrored (Whisper's reflect padding); skipped when
-   ``frames <= width // 2``, as Whisper does;
+3. median filter along frames, edges mirrored (Whisper's reflect padding); skipped when ``frames <= width // 2``, as
+   Whisper does. The default width is Whisper's 140 ms in frames, the odd number ``2·floor(0.07·frame_rate) + 1``:
+   7 at Whisper's 50 Hz, 1 (no filter) at ACE-Step's 12.5 Hz, where 7 frames would span 560 ms, longer than many
+   sung words;
 4. mean over heads -> ``M[token, frame]``;
 5. exact DTW on ``-M`` (rows tokens, columns frames). With ``open_ends`` (the default) the rows are framed by a
    leading and a trailing *silence* row of score ``silence`` (0.5: half a token-standard-deviation at the clip's
@@ -85,6 +87,11 @@ def _as_maps(maps: Any) -> np.ndarray:
     return x
 
 
+def default_medfilt_width(frame_rate: float) -> int:
+    """Whisper's median filter (7 frames at 50 Hz = 140 ms) in frames at ``frame_rate``: ``2·floor(0.07·fr) + 1``."""
+    return 2 * int(np.floor(0.07 * frame_rate + 1e-9)) + 1
+
+
 def alignment_matrix(maps: Any, medfilt_width: int = 7, lyric_weight: bool = True) -> np.ndarray:
     """Steps 1-4 of the module docstring: ``M[token, frame]`` from ``maps[head, token, frame]``."""
     x = _as_maps(maps)
@@ -121,7 +128,7 @@ def align_tokens(
     maps: Any,
     word_ids: Any,
     frame_rate: float,
-    medfilt_width: int = 7,
+    medfilt_width: int | None = None,
     dtw_rule: str = "exact",
     open_ends: bool = True,
     lyric_weight: bool = True,
@@ -136,6 +143,8 @@ def align_tokens(
     """
     if not frame_rate > 0:
         raise ValueError(f"frame_rate must be > 0; got {frame_rate}")
+    if medfilt_width is None:
+        medfilt_width = default_medfilt_width(frame_rate)
     M = alignment_matrix(maps, medfilt_width, lyric_weight=lyric_weight)
     n_tok, n_frames = M.shape
     wid = np.asarray(word_ids.cpu() if isinstance(word_ids, torch.Tensor) else word_ids, dtype=np.int64)

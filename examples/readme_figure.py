@@ -1,8 +1,9 @@
 """Draw the per-head figure shown in the README: ``python examples/readme_figure.py`` → ``docs/img/demo-heads.png``.
 
-The heads of layer 2 of the embedded demo model (``al.models.demo_pipeline()``) at the last sampling step, singing
+The heads of layer 1 of the embedded demo model (``al.models.demo_pipeline()``) at the last sampling step, singing
 a held-out line of its task; each panel renormalized over the sung lyric words (``normalize="lyric"``), because
-the demo model gives most of its cross-attention to the caption.
+the demo model gives most of its cross-attention to the caption. Head 0 of layer 1 was trained to follow the sung
+word (docs/demo.md); the others were free.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main(out: Path = OUT) -> Path:
             guidance_scale=1.0,
             output_type="latent",
         )
-    fig = al.plot.heads(cap, step=-1, layers=[2], normalize="lyric", dpi=90)
+    fig = al.plot.heads(cap, step=-1, layers=[1], normalize="lyric", dpi=90)
     out.parent.mkdir(parents=True, exist_ok=True)
     lyric_mass = float(al.analyze(cap)["lyric_mass"].mean())
     print(f"{line['caption']!r} {line['lyrics']!r}: mean lyric mass {lyric_mass:.4f}")

@@ -84,6 +84,7 @@ def main(argv=None) -> int:
         default="auto",
         help="EntropyTap implementation of the all-keys and lyrics cases",
     )
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 2 steps per case")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated cases (lora_step always runs)")
     args = ap.parse_args(argv)
     cases = ["lora_step"] + [c for c in args.cases.split(",") if c and c != "lora_step"]
@@ -158,6 +159,19 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
         results[case] = {"time_s": statistics.median(times), "peak_gib": peak}
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        for case in cases:
+            with profile(activities=acts) as prof:
+                for _ in range(2):
+                    step(case)
+                sync()
+            ev = prof.key_averages()
+            syncs = {e.key: e.count for e in ev if "Synchronize" in e.key or "Memcpy" in e.key}
+            print(f"== profile {case} (2 steps): syncs/copies {syncs}")
+            print(ev.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=48))
     base = results["lora_step"]
     device_name = torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})"
     rows = []

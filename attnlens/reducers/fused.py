@@ -31,15 +31,14 @@ Two kernels, picked by :class:`FusedConfig` (``config=`` of :func:`reduce_fused`
     relative to the lyric maximum ``m_L`` only: ``e^{s-m_L}`` serves both sums, the all-keys sums get the row
     factor ``w = e^{m_L - m}`` and ``P += w (P_L - (m - m_L) l_L)``; a factor that underflows drops only terms
     below ``2^-126`` of ``l >= 1``, so no fallback is needed).
-  - ``order``: keys are visited lyric keys first (packed order), padded to a whole key block, then the other keys
-    (packed order): with sung tokens interleaved with line breaks and tags, most key blocks become all-lyric or
-    lyric-free (and hold one segment). Ties of the all-keys argmax go to the smaller packed index, as in the
-    reference.
+  - ``order``: keys are visited lyric keys first, then the other keys, each run in packed order (:func:`key_plan`):
+    with sung tokens interleaved with line breaks and tags, every key block becomes all-lyric or lyric-free (and
+    mostly holds one segment). Ties of the all-keys argmax go to the smaller packed index, as in the reference.
   - ``argmax``: ``"pair"`` (one reduction of (value, index) pairs, ties to the left), ``"sep"`` (a max and an
     argmax: as v1), ``"eq"`` (the max, then the first position holding it).
-  - masking: a host-built descriptor per key block says whether it is full; full blocks skip every mask, and
-    whether it is uniform in segment (one row sum per block) or which segments it holds (masked sums only for
-    those), and whether it holds lyric keys.
+  - blocks: the full key blocks come first, in a loop without any mask, then the partial ones (padding masked);
+    a host-built descriptor per block says whether it is uniform in segment (one row sum per block) or which
+    segments it holds (masked sums only for those), and whether it holds lyric keys, all lyric keys or none.
 """
 
 from __future__ import annotations
@@ -146,8 +145,15 @@ VARIANTS: dict[str, FusedConfig] = {
 }
 """Named configurations: ``baseline`` is the original kernel; ``v2_*`` turn one switch on (or all)."""
 
-DEFAULT_CONFIG: FusedConfig = VARIANTS["baseline"]
-"""What :func:`reduce_fused` runs without ``config`` or block arguments (the capture session's calls)."""
+DEFAULT_CONFIG: FusedConfig = VARIANTS["v2_all_nogqa"]
+"""What :func:`reduce_fused` runs without ``config`` or block arguments (the capture session's calls).
+
+Chosen from ``benchmarks/profile_fused.py`` on an NVIDIA H100 (2026-11-26, Triton 3.6; 28 configurations): v2 with
+exp2, lyric-first key order, shared lyric exponent and ``eq`` argmax, 64×64 blocks, 4 warps — 0.064 / 0.023 /
+0.019 ms per layer at 3000 / 750 / 125 frames against the original kernel's 0.139 / 0.047 / 0.043 (2.2×, 2.0×,
+2.3×), 0.0025 ms per layer in the 24-layer batched launch (0.0060), same errors against the fp32 reference. The
+fastest at 3000 frames (GQA pairing, 8 warps, 128 registers: 0.057 ms) was not taken: it caps registers, which
+spills on newer Triton, and is slower at 125 frames."""
 
 
 # ---------------------------------------------------------------------------------------------- host-side plans
@@ -157,14 +163,15 @@ class KeyPlan:
 
     ``order[b, j]``: packed key at position ``j`` (-1: padding); ``seg`` and ``lid``: segment code and lyric index
     at each position (-1 for padding); ``desc[b, i]``: bit 0 block full (no padding), bit 1 all its keys in L,
-    bit 2 some key in L, bits 4-7 lowest segment code + 1, bits 8-11 highest + 1; ``nblk[b]``: blocks to visit.
+    bit 2 some key in L, bits 4-7 lowest segment code + 1, bits 8-11 highest + 1; ``nblk[b] = (full blocks,
+    blocks)``: the full blocks come first, then the partial ones (the kernel masks only those).
     """
 
     order: torch.Tensor  # [B, S_pad] int32
     seg: torch.Tensor  # [B, S_pad] int32
     lid: torch.Tensor  # [B, S_pad] int32
     desc: torch.Tensor  # [B, NB] int32
-    nblk: torch.Tensor  # [B] int32
+    nblk: torch.Tensor  # [B, 2] int32
     block_s: int
     lyric_first: bool
 
@@ -172,33 +179,51 @@ class KeyPlan:
 def key_plan(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, lyric_first: bool) -> KeyPlan:
     """Key order and block descriptors for the v2 kernel (device tensor ops only: no synchronization).
 
-    ``lyric_first``: lyric keys (``lyric_index >= 0``) first, in packed order, padded to a whole block, then the
-    other keys in packed order; else packed order. seg_codes, lyric_index: ``[B, S]``.
+    ``lyric_first``: the lyric keys (``lyric_index >= 0``) in packed order, then the other keys in packed order,
+    each run cut into whole blocks with its remainder (padded to a block) moved behind all whole blocks::
+
+        [lyric whole blocks][other whole blocks][lyric remainder + padding][other remainder + padding]
+
+    so no block mixes lyric keys with others, lyric blocks stay in packed order, and only the last two blocks are
+    partial. Else packed order (only the last block partial). seg_codes, lyric_index: ``[B, S]``.
     """
     B, S = seg_codes.shape
     dev = seg_codes.device
     i64 = torch.long
-    pos = torch.arange(S, device=dev, dtype=i64)[None, :].expand(B, S)
+    bs = block_s
     if lyric_first:
-        nb = (S + block_s - 1) // block_s + 1  # the lyric run's padding adds less than one block
+        nb = (S + bs - 1) // bs + 1  # two partial blocks take at most one block more than packed order
         in_l = lyric_index >= 0
         src = torch.sort((~in_l).to(torch.int32), dim=1, stable=True).indices  # packed keys, lyric keys first
+        i = torch.arange(S, device=dev, dtype=i64)[None, :]  # rank in that order
         n_l = in_l.sum(1, keepdim=True)
-        pad_l = (n_l + block_s - 1) // block_s * block_s
-        dst = torch.where(pos < n_l, pos, pos + pad_l - n_l)
-        order = torch.full((B, nb * block_s), -1, device=dev, dtype=i64)
+        l_full = n_l // bs * bs  # lyric keys in whole blocks
+        o_full = (S - n_l) // bs * bs  # other keys in whole blocks
+        l_rest = torch.where(n_l > l_full, bs, 0)  # the lyric remainder's block
+        dst = torch.where(
+            i < l_full,
+            i,
+            torch.where(
+                i < n_l,
+                l_full + o_full + (i - l_full),
+                torch.where(i - n_l < o_full, l_full + (i - n_l), l_full + o_full + l_rest + (i - n_l - o_full)),
+            ),
+        )
+        order = torch.full((B, nb * bs), -1, device=dev, dtype=i64)
         order.scatter_(1, dst, src)
-        nblk = (pad_l[:, 0] + S - n_l[:, 0] + block_s - 1) // block_s
+        n_full = ((l_full + o_full) // bs)[:, 0]
+        n_all = n_full + (n_l > l_full)[:, 0].to(i64) + (S - n_l > o_full)[:, 0].to(i64)
     else:
-        nb = (S + block_s - 1) // block_s
-        j = torch.arange(nb * block_s, device=dev, dtype=i64)
+        nb = (S + bs - 1) // bs
+        j = torch.arange(nb * bs, device=dev, dtype=i64)
         order = torch.where(j < S, j, -1)[None, :].expand(B, -1).contiguous()
-        nblk = torch.full((B,), nb, device=dev, dtype=i64)
+        n_full = torch.full((B,), S // bs, device=dev, dtype=i64)
+        n_all = torch.full((B,), nb, device=dev, dtype=i64)
     valid = order >= 0
     oc = order.clamp(min=0)
     seg = torch.where(valid, seg_codes.to(i64).gather(1, oc), -1)
     lid = torch.where(valid, lyric_index.to(i64).gather(1, oc), -1)
-    v3, s3, l3 = (x.view(B, nb, block_s) for x in (valid, seg, lid))
+    v3, s3, l3 = (x.view(B, nb, bs) for x in (valid, seg, lid))
     in3 = l3 >= 0
     full = v3.all(-1)
     lall = (in3 | ~v3).all(-1) & v3.any(-1)
@@ -207,8 +232,9 @@ def key_plan(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, l
     hi = torch.where(v3, s3, -127).amax(-1).clamp(-1, 14)
     desc = full.to(i64) | (lall.to(i64) << 1) | (lany.to(i64) << 2) | ((lo + 1) << 4) | ((hi + 1) << 8)
     i32 = torch.int32
+    nblk = torch.stack([n_full, n_all], dim=1)
     return KeyPlan(
-        order.to(i32), seg.to(i32), lid.to(i32), desc.to(i32).contiguous(), nblk.to(i32), block_s, lyric_first
+        order.to(i32), seg.to(i32), lid.to(i32), desc.to(i32).contiguous(), nblk.to(i32).contiguous(), bs, lyric_first
     )
 
 
@@ -229,17 +255,23 @@ def head_table(heads: list[int], group: int, gqa: bool) -> tuple[list[int], int]
     return [pos for kv in sorted(by_kv) for pos in by_kv[kv]], group
 
 
-# caches keyed by the identity (and version) of the caller's tensors: the session passes the same layout and head
+# cache keyed by the identity (and version) of the caller's tensors: the session passes the same layout and head
 # tensors every call, so plans are built once (the head table reads ``heads`` on the host once)
 _CACHE: dict[tuple, tuple] = {}
 _CACHE_MAX = 64
 
 
 def _cached(tensors: tuple[torch.Tensor, ...], extra: tuple, build):
-    key = tuple((id(t), t._version) for t in tensors) + extra
+    key = (extra, *[(id(t), t._version) for t in tensors])
     hit = _CACHE.get(key)
-    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)):
-        return hit[1]
+    if hit is not None:
+        refs, val = hit
+        ok = True
+        for r, t in zip(refs, tensors):
+            if r() is not t:
+                ok = False
+        if ok:
+            return val
     val = build()
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.clear()
@@ -430,7 +462,7 @@ if HAVE_TRITON:
     @triton.jit
     def _v2_step(
         r, s0, valid, ordp, segp, lidp, d, scale, c,
-        m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+        m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
         BLOCK_S: tl.constexpr, MASK: tl.constexpr, EXP2: tl.constexpr, LYR: tl.constexpr,
         ORDER: tl.constexpr, ARGMAX: tl.constexpr,
     ):  # fmt: skip
@@ -466,14 +498,14 @@ if HAVE_TRITON:
         rs = tl.sum(p, axis=1)
         rx = tl.sum(p * x, axis=1)
         alpha = _ex(_u(m - m_new, c, EXP2), EXP2)
-        shift = _u(tl.where(l > 0, m_new - m, 0.0), c, EXP2) * l  # 0 before the first key (m = -inf)
+        shift = _u(tl.where(lsum > 0, m_new - m, 0.0), c, EXP2) * lsum  # 0 before the first key (m = -inf)
         if LYR == 2:
             w = _ex(_u(mb - m_new, c, EXP2), EXP2)  # 1 unless the block is all-lyric
-            l = alpha * l + w * rs
+            lsum = alpha * lsum + w * rs
             ps = alpha * (ps - shift) + w * (rx - _u(m_new - mb, c, EXP2) * rs)
         else:
             w = 1.0
-            l = alpha * l + rs
+            lsum = alpha * lsum + rs
             ps = alpha * (ps - shift) + rx
         g0 = g0 * alpha
         g1 = g1 * alpha
@@ -515,10 +547,40 @@ if HAVE_TRITON:
         else:
             if lany:
                 ml, ll, psl, aml = _lyric_masked(s, s0, lidp, c, ml, ll, psl, aml, BLOCK_S, EXP2, LYR, ARGMAX)
-        return m_new, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml
+        return m_new, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml
 
-    # q [B, T, H, D], k [B, S, KVH, D] (times L layers); plan tensors [B, S_pad] / [B, NB] / [B]; program (frame
-    # block, batch item · head group, layer) takes G selected heads ``tab[gi*G : gi*G+G]`` (positions into heads).
+    @triton.jit
+    def _v2_block(
+        q, kp, sks, ordr, segr, lidr, descr, blk, S, scale, c,
+        m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+        D: tl.constexpr, BLOCK_S: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr, EXP2: tl.constexpr,
+        LYR: tl.constexpr, ORDER: tl.constexpr, ARGMAX: tl.constexpr,
+    ):  # fmt: skip
+        """Load key block ``blk`` (its keys through the plan's order), take the logits, fold them in."""
+        s0 = blk * BLOCK_S
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        d = tl.load(descr + blk)
+        if ORDER:
+            pk = tl.load(ordr + offs_s)
+            valid = pk >= 0
+            krow = tl.maximum(pk, 0)
+        else:
+            valid = offs_s < S
+            krow = tl.minimum(offs_s, S - 1)
+        k = tl.load(kp + krow[:, None] * sks + tl.arange(0, D)[None, :])  # padding reads a valid key: masked
+        if IEEE:
+            r = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            r = tl.dot(q, tl.trans(k))
+        return _v2_step(
+            r, s0, valid, ordr + s0, segr + s0, lidr + s0, d, scale, c,
+            m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+            BLOCK_S, MASK, EXP2, LYR, ORDER, ARGMAX,
+        )  # fmt: skip
+
+    # q [B, T, H, D], k [B, S, KVH, D] (times L layers); plan tensors order/seg/lid [B, S_pad], desc [B, NB], nblk
+    # [B, 2]; program (frame block, batch item · head group, layer) takes the G selected heads tab[gi*G : gi*G+G]
+    # (positions into heads), its rows stacked head after head.
     @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "S_pad", "NB", "H", "KVH", "n_sel", "n_prog", "group"])
     def _stats_kernel_v2(
         q_ptr, k_ptr, ord_ptr, seg_ptr, lid_ptr, desc_ptr, nblk_ptr, nlyr_ptr, heads_ptr, tab_ptr,
@@ -543,7 +605,6 @@ if HAVE_TRITON:
         sks = KVH * D
         offs_t = pid_t * BLOCK_T + rows % BLOCK_T
         offs_d = tl.arange(0, D)
-        offs_s = tl.arange(0, BLOCK_S)
         t_ok = offs_t < T
         q = tl.load(
             q_ptr + b * T * sqt + offs_t[:, None] * sqt + h[:, None] * D + offs_d[None, :],
@@ -556,7 +617,7 @@ if HAVE_TRITON:
         lidr = lid_ptr + b * S_pad
         descr = desc_ptr + b * NB
         m = tl.full([G * BLOCK_T], float("-inf"), tl.float32)
-        l = tl.zeros([G * BLOCK_T], tl.float32)
+        lsum = tl.zeros([G * BLOCK_T], tl.float32)
         ps = tl.zeros([G * BLOCK_T], tl.float32)
         am = tl.zeros([G * BLOCK_T], tl.int32)
         g0 = tl.zeros([G * BLOCK_T], tl.float32)
@@ -568,41 +629,27 @@ if HAVE_TRITON:
         ll = tl.zeros([G * BLOCK_T], tl.float32)
         psl = tl.zeros([G * BLOCK_T], tl.float32)
         aml = tl.full([G * BLOCK_T], -1, tl.int32)
-        nb = tl.load(nblk_ptr + b)
-        for blk in range(0, nb):
-            s0 = blk * BLOCK_S
-            d = tl.load(descr + blk)
-            if ORDER:
-                pk = tl.load(ordr + s0 + offs_s)
-                valid = pk >= 0
-                krow = tl.maximum(pk, 0)
-            else:
-                pk = s0 + offs_s
-                valid = pk < S
-                krow = tl.minimum(pk, S - 1)
-            k = tl.load(kp + krow[:, None] * sks + offs_d[None, :])  # padding rows read a valid key, masked below
-            if IEEE:
-                r = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                r = tl.dot(q, tl.trans(k))
-            if (d & 1) != 0:
-                m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_step(
-                    r, s0, valid, ordr + s0, segr + s0, lidr + s0, d, scale, c,
-                    m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
-                    BLOCK_S, False, EXP2, LYR, ORDER, ARGMAX,
-                )  # fmt: skip
-            else:
-                m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_step(
-                    r, s0, valid, ordr + s0, segr + s0, lidr + s0, d, scale, c,
-                    m, l, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
-                    BLOCK_S, True, EXP2, LYR, ORDER, ARGMAX,
-                )  # fmt: skip
+        # full blocks first (no masks), then the partial ones (at most two: the lyric run's and the last one)
+        n_full = tl.load(nblk_ptr + 2 * b)
+        n_all = tl.load(nblk_ptr + 2 * b + 1)
+        for blk in range(0, n_full):
+            m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_block(
+                q, kp, sks, ordr, segr, lidr, descr, blk, S, scale, c,
+                m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+                D, BLOCK_S, False, IEEE, EXP2, LYR, ORDER, ARGMAX,
+            )  # fmt: skip
+        for blk in range(n_full, n_all):
+            m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_block(
+                q, kp, sks, ordr, segr, lidr, descr, blk, S, scale, c,
+                m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+                D, BLOCK_S, True, IEEE, EXP2, LYR, ORDER, ARGMAX,
+            )  # fmt: skip
         n_l = tl.load(nlyr_ptr + b)
-        inv_l = 1.0 / l
+        inv_l = 1.0 / lsum
         if EXP2:
-            ent = (tl.log(l) - 0.6931471805599453 * ps * inv_l) * inv_log_s
+            ent = (tl.log(lsum) - 0.6931471805599453 * ps * inv_l) * inv_log_s
         else:
-            ent = (tl.log(l) - ps * inv_l) * inv_log_s
+            ent = (tl.log(lsum) - ps * inv_l) * inv_log_s
         has_l = ll > 0
         ll_safe = tl.where(has_l, ll, 1.0)
         if EXP2:
@@ -629,20 +676,18 @@ if HAVE_TRITON:
         tl.store(mass_ptr + mo + 4, g4 * inv_l, mask=t_ok)
 
 
-def _plan_for(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, lyric_first: bool) -> KeyPlan:
-    return _cached(
-        (seg_codes, lyric_index),
-        ("plan", tuple(seg_codes.shape), block_s, lyric_first),
-        lambda: key_plan(seg_codes, lyric_index, block_s, lyric_first),
-    )
+def _launch_plan(
+    seg_codes: torch.Tensor, lyric_index: torch.Tensor, heads: torch.Tensor, group: int, cfg: FusedConfig
+) -> tuple[KeyPlan, torch.Tensor, int]:
+    """Key plan, head table and G for a v2 launch, built once per (layout tensors, heads tensor, config)."""
 
+    def build() -> tuple[KeyPlan, torch.Tensor, int]:
+        plan = key_plan(seg_codes, lyric_index, cfg.block_s, cfg.order)
+        tab, G = head_table([int(h) for h in heads.tolist()], group, cfg.gqa)  # the one host read of heads
+        return plan, torch.tensor(tab, dtype=torch.int32, device=heads.device), G
 
-def _table_for(heads: torch.Tensor, group: int, gqa: bool) -> tuple[torch.Tensor, int]:
-    def build() -> tuple[torch.Tensor, int]:
-        tab, G = head_table([int(h) for h in heads.tolist()], group, gqa)
-        return torch.tensor(tab, dtype=torch.int32, device=heads.device), G
-
-    return _cached((heads,), ("heads", heads.numel(), group, gqa), build)
+    extra = (tuple(seg_codes.shape), heads.numel(), group, cfg.block_s, cfg.order, cfg.gqa)
+    return _cached((seg_codes, lyric_index, heads), extra, build)
 
 
 def reduce_fused(
@@ -717,8 +762,7 @@ def reduce_fused(
             D=D, BLOCK_T=bt, BLOCK_S=bs, IEEE=q.dtype == torch.float32, **launch,
         )  # fmt: skip
         return out
-    plan = _plan_for(seg_codes, lyric_index, bs, cfg.order)
-    tab, G = _table_for(heads, group, cfg.gqa)
+    plan, tab, G = _launch_plan(seg_codes, lyric_index, heads, group, cfg)
     n_prog = h // G
     s_pad, nb = plan.order.shape[1], plan.desc.shape[1]
     grid = ((T + bt - 1) // bt, B * n_prog, n_layers)

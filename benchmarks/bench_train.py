@@ -142,23 +142,27 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    results = {}
+    # cases interleaved: every round times each case once, so drifts of the host or GPU clock hit all of them
     for case in cases:
         for _ in range(args.warmup):
             step(case)
-        sync()
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-        times = []
-        for _ in range(args.iters):
+    sync()
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    peaks: dict[str, float] = {case: 0.0 for case in cases}
+    for _ in range(args.iters):
+        for case in cases:
             sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
             t0 = time.perf_counter()
             step(case)
             sync()
-            times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
-        results[case] = {"time_s": statistics.median(times), "peak_gib": peak}
+            times[case].append(time.perf_counter() - t0)
+            if cuda:
+                peaks[case] = max(peaks[case], torch.cuda.max_memory_allocated(dev) / 2**30)
+    results = {
+        case: {"time_s": statistics.median(times[case]), "peak_gib": peaks[case] if cuda else None} for case in cases
+    }
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

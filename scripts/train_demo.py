@@ -1,10 +1,15 @@
 """Train the embedded demo model from scratch and write its weights (seeded; see docs/demo.md).
 
-    python scripts/train_demo.py --out attnlens/models/data/demo --steps 12000 --batch 256 --device cuda --bf16
+    python scripts/train_demo.py --out attnlens/models/data/demo --steps 5933 --batch 1024 --lr 1.5e-3 --warmup 400 \
+        --examples 200000 --workers 15 --device cuda --eval-lines 300 --align-lines 24 --guide-weight 0.2 --guide-head 1,0
+
+(the shipped model's run: docs/demo.md). ``--guide-weight`` trains one head to follow the sung word
+(:class:`attnlens.demo.training.HeadGuide`); ``--entropy-weight`` adds the lyric-only entropy penalty; ``--arch``
+overrides fields of the architecture (``DEMO_CONFIG``).
 
 Renders ``--examples`` training lines of the tiny-songs task (1-8 words; held-out 4-8-word test lines are never
 seen), trains the DiT and the condition encoder with flow matching, checks the decoded WER of generated held-out
-lines and writes ``model.safetensors`` + ``config.json``.
+lines and the alignment figures of :mod:`attnlens.demo.check`, and writes ``model.safetensors`` + ``config.json``.
 """
 
 from __future__ import annotations

@@ -190,25 +190,6 @@ def launch_us(fn, n: int = 200) -> float:
     return (t1 - t0) / n * 1e6
 
 
-def _widen_interpreted_bf16_dot() -> None:
-    """--smoke: Triton's interpreter multiplies bf16 ``tl.dot`` operands as raw 16-bit patterns; widen to fp32."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter as ti
-
-    orig = ti.InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        def widen(x):
-            if x.dtype == tl.bfloat16:
-                return ti.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-            return x
-
-        return orig(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
-
-    ti.InterpreterBuilder.create_dot = create_dot
-
-
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -254,7 +235,9 @@ def main() -> None:
     if args.smoke:  # tiny shapes through Triton's interpreter: checks the script, not the kernel's speed
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--smoke runs in Triton's interpreter: set TRITON_INTERPRET=1")
-        _widen_interpreted_bf16_dot()
+        from attnlens.reducers.fused import interpreter_bf16_dot
+
+        interpreter_bf16_dot().__enter__()  # for the rest of this process: bf16 dots as exact fp32
         device, args.frames, args.keys, args.layout, args.batched_frames, args.jobs = "cpu", [20], 64, "bench", 20, 1
         args.quick = True
     elif not torch.cuda.is_available():

@@ -27,28 +27,10 @@ pytestmark = [
 def bf16_dot():
     """Triton's interpreter multiplies bf16 operands of ``tl.dot`` as their raw 16-bit patterns (it keeps bf16 as
     uint16): widen them to fp32 (exact) for the duration of a test. Nothing to do on a GPU."""
-    if not INTERPRET:
+    from attnlens.reducers.fused import interpreter_bf16_dot
+
+    with interpreter_bf16_dot():
         yield
-        return
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter as ti
-
-    orig = ti.InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        def widen(x):
-            if x.dtype == tl.bfloat16:
-                return ti.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-            return x
-
-        return orig(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
-
-    ti.InterpreterBuilder.create_dot = create_dot
-    try:
-        yield
-    finally:
-        ti.InterpreterBuilder.create_dot = orig
 
 
 def _case(B=2, T=70, H=4, KVH=2, D=16, S=100, seed=0):

@@ -43,8 +43,10 @@ Two kernels, picked by :class:`FusedConfig` (``config=`` of :func:`reduce_fused`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -57,6 +59,39 @@ try:  # Triton is optional: CUDA builds of torch bring it
     HAVE_TRITON = True
 except Exception:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
+
+
+@contextlib.contextmanager
+def interpreter_bf16_dot() -> Iterator[None]:
+    """Within the block, Triton's CPU interpreter multiplies bf16 ``tl.dot`` operands as exact fp32.
+
+    The interpreter keeps bf16 as raw 16-bit patterns and multiplies those; widening to fp32 is exact (a bf16 is the
+    upper half of an fp32). For the tests and ``benchmarks/profile_fused.py --smoke``; nothing happens outside the
+    interpreter (``TRITON_INTERPRET=1``), and the interpreter is restored when the block ends.
+    """
+    import os
+
+    if not HAVE_TRITON or os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    import numpy as np
+    from triton.runtime import interpreter as ti
+
+    orig = ti.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def widen(x):
+            if x.dtype == tl.bfloat16:
+                return ti.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+            return x
+
+        return orig(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    ti.InterpreterBuilder.create_dot = create_dot
+    try:
+        yield
+    finally:
+        ti.InterpreterBuilder.create_dot = orig
 
 
 def fused_available(q: torch.Tensor) -> bool:

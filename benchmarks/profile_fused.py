@@ -17,6 +17,7 @@ python benchmarks/profile_fused.py --out benchmarks/results/profile_fused_h100.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -232,12 +233,13 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="check the script on the CPU (Triton interpreter, tiny)")
     args = ap.parse_args()
     device = "cuda"
+    patches = contextlib.ExitStack()  # a local: it (and the patch) lives as long as main() runs
     if args.smoke:  # tiny shapes through Triton's interpreter: checks the script, not the kernel's speed
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--smoke runs in Triton's interpreter: set TRITON_INTERPRET=1")
         from attnlens.reducers.fused import interpreter_bf16_dot
 
-        interpreter_bf16_dot().__enter__()  # for the rest of this process: bf16 dots as exact fp32
+        patches.enter_context(interpreter_bf16_dot())  # bf16 dots as exact fp32 until main() returns
         device, args.frames, args.keys, args.layout, args.batched_frames, args.jobs = "cpu", [20], 64, "bench", 20, 1
         args.quick = True
     elif not torch.cuda.is_available():

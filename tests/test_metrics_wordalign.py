@@ -60,9 +60,9 @@ def test_matrix_steps_by_hand():
         t = torch.nn.functional.pad(torch.tensor(a), (3, 3, 0, 0), mode="reflect")
         return t.unfold(-1, 7, 1).sort()[0][..., 3].numpy()
 
-    assert np.allclose(alignment_matrix(maps), med(zw).mean(0), atol=1e-12)
-    assert np.allclose(alignment_matrix(maps, medfilt_width=1), zw.mean(0), atol=1e-12)
-    assert np.allclose(alignment_matrix(maps, lyric_weight=False), med(z).mean(0), atol=1e-12)  # Whisper's matrix
+    assert np.allclose(alignment_matrix(maps, lyric_weight=True), med(zw).mean(0), atol=1e-12)
+    assert np.allclose(alignment_matrix(maps, medfilt_width=1, lyric_weight=True), zw.mean(0), atol=1e-12)
+    assert np.allclose(alignment_matrix(maps), med(z).mean(0), atol=1e-12)  # Whisper's matrix
     assert np.allclose(med(z), scipy.ndimage.median_filter(z, size=(1, 1, 7), mode="mirror"))
 
 
@@ -117,18 +117,18 @@ def _with_intro_outro(token_frames, n_frames, intro, outro, seed=0):
 def test_open_ends_find_the_intro_and_outro():
     token_frames = [0, 5, 9, 16, 20]  # last token ends at frame 26 (relative)
     maps = _with_intro_outro(token_frames, 26, intro=6, outro=8)
-    ta = align_tokens(maps, np.arange(5), frame_rate=12.5)
+    ta = align_tokens(maps, np.arange(5), frame_rate=12.5, open_ends=True)
     assert ta.word_start_frame.tolist() == [6, 11, 15, 22, 26]
     assert ta.word_end_frame[-1] == 32  # the outro (frames 32..39) belongs to no word
-    pinned = align_tokens(maps, np.arange(5), frame_rate=12.5, open_ends=False)
+    pinned = align_tokens(maps, np.arange(5), frame_rate=12.5)
     assert pinned.word_start_frame[0] == 0 and pinned.word_end_frame[-1] == 40  # Whisper's rule: pinned ends
 
 
 def test_open_ends_change_nothing_without_intro():
     token_frames = [0, 5, 10, 15, 20, 25]
     maps = _staircase(token_frames, 30)
-    a = align_tokens(maps, np.arange(6), frame_rate=10.0)
-    b = align_tokens(maps, np.arange(6), frame_rate=10.0, open_ends=False)
+    a = align_tokens(maps, np.arange(6), frame_rate=10.0, open_ends=True)
+    b = align_tokens(maps, np.arange(6), frame_rate=10.0)
     assert a.word_start_frame.tolist() == b.word_start_frame.tolist() == token_frames
     assert a.word_end_frame.tolist() == b.word_end_frame.tolist()
 
@@ -141,7 +141,20 @@ def test_intro_that_looks_away_from_the_lyrics():
     maps = _staircase([f + intro for f in token_frames], n_frames + intro)[0]
     maps[:, :intro] = rng.uniform(0, 1e-4, size=(maps.shape[0], intro))  # lyric mass ≈ 0 in the intro
     maps[0, :intro] += 2e-4  # ... and the first token slightly ahead of the others there
-    ta = align_tokens(maps, np.arange(5), frame_rate=12.5)
+    ta = align_tokens(maps, np.arange(5), frame_rate=12.5, recipe="song")
     assert ta.word_start_frame.tolist() == [7, 12, 16, 23, 27]
-    unweighted = align_tokens(maps, np.arange(5), frame_rate=12.5, lyric_weight=False)
+    unweighted = align_tokens(maps, np.arange(5), frame_rate=12.5, recipe="song", lyric_weight=False)
     assert unweighted.word_start_frame[0] == 0  # the noise reads as the first word
+
+
+def test_recipes():
+    """Recipe "whisper" (default) = width 7, unweighted, pinned ends; "song" = width from the frame rate, weighted, open."""
+    maps = _with_intro_outro([0, 5, 9, 16, 20], 26, intro=6, outro=8)
+    w = align_tokens(maps, np.arange(5), frame_rate=12.5)
+    explicit = align_tokens(maps, np.arange(5), frame_rate=12.5, medfilt_width=7, lyric_weight=False, open_ends=False)
+    assert w.word_start_frame.tolist() == explicit.word_start_frame.tolist() and w.word_start_frame[0] == 0
+    song = align_tokens(maps, np.arange(5), frame_rate=12.5, recipe="song")
+    explicit = align_tokens(maps, np.arange(5), frame_rate=12.5, medfilt_width=1, lyric_weight=True, open_ends=True)
+    assert song.word_start_frame.tolist() == explicit.word_start_frame.tolist()
+    with pytest.raises(ValueError, match="recipe"):
+        align_tokens(maps, np.arange(5), frame_rate=12.5, recipe="karaoke")

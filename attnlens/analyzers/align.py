@@ -60,19 +60,21 @@ def align(
     batch: int = 0,
     medfilt_width: int | None = None,
     dtw_rule: str = "exact",
-    open_ends: bool = True,
-    lyric_weight: bool = True,
+    open_ends: bool | None = None,
+    lyric_weight: bool | None = None,
+    recipe: str = "whisper",
 ) -> Alignment:
     """Word and line timestamps for batch item ``batch`` at generation ``step`` (negative counts from the end;
     ``"mean"`` for a mean-over-steps capture) from the full maps of ``heads`` (a list of (layer, head) pairs, a dict
     ``{layer: [heads]}``, or the frame :func:`attnlens.find_alignment_heads` returns).
 
     Needs the maps of those heads (``al.capture(pipe, layers=..., heads=..., maps=True)``) and a layout that knows
-    the sung words (captures of a pipeline have one). Times in seconds from ``cap.frame_rate``. ``open_ends``:
-    leading and trailing frames may belong to no word (an intro or outro; see :mod:`attnlens.metrics.wordalign`);
-    ``False`` pins the first word to frame 0 and the last word's end to the last frame. ``medfilt_width``: the median
-    filter in frames (default: Whisper's 140 ms, i.e. none at 12.5 Hz). ``lyric_weight``: frames
-    count in proportion to the heads' lyric mass there (``False``: Whisper's unweighted z-scores).
+    the sung words (captures of a pipeline have one). Times in seconds from ``cap.frame_rate``.
+
+    ``recipe="whisper"`` (default) is Whisper's ``timing.py``; ``recipe="song"`` weights frames by the heads' lyric
+    mass, lets leading and trailing frames belong to no word (an intro or outro) and sizes the median filter to
+    Whisper's 140 ms (none at 12.5 Hz). ``medfilt_width``, ``lyric_weight`` and ``open_ends`` override the recipe one
+    by one (see :mod:`attnlens.metrics.wordalign`).
     """
     pairs = parse_heads(heads)
     b = cap.batch_index(batch)
@@ -97,6 +99,7 @@ def align(
         dtw_rule=dtw_rule,
         open_ends=open_ends,
         lyric_weight=lyric_weight,
+        recipe=recipe,
     )
     n_words = len(ta.word_start_frame)
     if n_words != len(it.words):

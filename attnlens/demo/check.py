@@ -57,13 +57,14 @@ def best_monotonic(runs: list[Run]) -> tuple[float, tuple[int, int]]:
 
 
 def start_hits(runs: list[Run], top_k: int = 4, tolerance_s: float = 2 * FRAME_S) -> tuple[int, int]:
-    """(word starts within ``tolerance_s`` of the forced alignment, words), from ``al.align`` at the last step."""
+    """(word starts within ``tolerance_s`` of the forced alignment, words), from ``al.align(..., recipe="song")`` at
+    the last step."""
     import attnlens as al
 
     hits = total = 0
     for r in runs:
         heads = al.find_alignment_heads(r.cap, top_k=top_k, table=r.table)
-        got = [w.start for w in al.align(r.cap, heads, step=-1).words]
+        got = [w.start for w in al.align(r.cap, heads, step=-1, recipe="song").words]
         ref = r.forced.starts_s
         hits += sum(abs(g - t) <= tolerance_s + 1e-9 for g, t in zip(got, ref))
         total += len(ref)

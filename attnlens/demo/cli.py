@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     df = al.analyze(cap)
     heads = head_table(df)
     top = al.find_alignment_heads(cap, top_k=args.top_k, table=df)
-    alignment = al.align(cap, top, step=-1)
+    alignment = al.align(cap, top, step=-1, recipe="song")
     words = alignment.to_dataframe()
     reference = decoder_reference(pipe, out.audios, args.lyrics)
     if reference is not None and len(reference["starts_s"]) == len(words):

@@ -7,18 +7,18 @@ For lyric maps ``maps[head, token, frame]`` (attention probabilities of the chos
    log-probabilities stand in for them; a token row that is all zero becomes uniform);
 2. z-score across tokens for every (head, frame): ``(W - mean_t W) / std_t W`` (population std; 0 where std is 0),
    then weighted by the frame's lyric mass relative to the clip's largest, ``m_f / max_f m_f`` with
-   ``m_f = Σ_t P[h, t, f]`` (``lyric_weight``, default on): a frame whose attention goes to other keys (caption,
+   ``m_f = Σ_t P[h, t, f]`` (``lyric_weight``; recipe ``"song"``): a frame whose attention goes to other keys (caption,
    timbre) is no evidence for any word, where the z-score alone would magnify the noise of near-zero columns;
 3. median filter along frames, edges mirrored (Whisper's reflect padding); skipped when ``frames <= width // 2``, as
-   Whisper does. The default width is Whisper's 140 ms in frames, the odd number ``2·floor(0.07·frame_rate) + 1``:
+   Whisper does. Width 7 (Whisper's, at its 50 Hz); recipe ``"song"`` takes Whisper's 140 ms in frames, the odd number ``2·floor(0.07·frame_rate) + 1``:
    7 at Whisper's 50 Hz, 1 (no filter) at ACE-Step's 12.5 Hz, where 7 frames would span 560 ms, longer than many
    sung words;
 4. mean over heads -> ``M[token, frame]``;
-5. exact DTW on ``-M`` (rows tokens, columns frames). With ``open_ends`` (the default) the rows are framed by a
+5. exact DTW on ``-M`` (rows tokens, columns frames). With ``open_ends`` (recipe ``"song"``) the rows are framed by a
    leading and a trailing *silence* row of score ``silence`` (0.5: half a token-standard-deviation at the clip's
    fullest lyric attention) and the columns by one virtual frame at each end that only the silence rows may take:
    leading frames where the first token scores below ``silence`` go to no word (an intro), and likewise trailing
-   frames after the last token (an outro); with ``open_ends=False`` the path starts on the first token at frame 0
+   frames after the last token (an outro); without (recipe ``"whisper"``) the path starts on the first token at frame 0
    and ends on the last token at the last frame (Whisper's rule);
 6. token ``k`` starts at the first path frame on row ``k``; word ``w`` starts where its first token starts and ends
    where the next word starts; the last word ends where the trailing silence starts (at the end of the last frame
@@ -92,7 +92,10 @@ def default_medfilt_width(frame_rate: float) -> int:
     return 2 * int(np.floor(0.07 * frame_rate + 1e-9)) + 1
 
 
-def alignment_matrix(maps: Any, medfilt_width: int = 7, lyric_weight: bool = True) -> np.ndarray:
+RECIPES = ("whisper", "song")
+
+
+def alignment_matrix(maps: Any, medfilt_width: int = 7, lyric_weight: bool = False) -> np.ndarray:
     """Steps 1-4 of the module docstring: ``M[token, frame]`` from ``maps[head, token, frame]``."""
     x = _as_maps(maps)
     if medfilt_width < 1 or medfilt_width % 2 == 0:
@@ -130,11 +133,16 @@ def align_tokens(
     frame_rate: float,
     medfilt_width: int | None = None,
     dtw_rule: str = "exact",
-    open_ends: bool = True,
-    lyric_weight: bool = True,
+    open_ends: bool | None = None,
+    lyric_weight: bool | None = None,
     silence: float = 0.5,
+    recipe: str = "whisper",
 ) -> TokenAlignment:
     """Word timestamps from lyric maps ``maps[head, token, frame]`` (see the module docstring).
+
+    ``recipe`` sets the defaults of the three choices below: ``"whisper"`` (default; Whisper's ``timing.py``: median
+    filter of 7 frames, unweighted z-scores, pinned ends) or ``"song"`` (filter of Whisper's 140 ms in frames, lyric-
+    mass weighting, open ends). ``medfilt_width``, ``lyric_weight`` and ``open_ends`` override it one by one.
 
     ``word_ids[token]``: word index of each token (0, 1, 2, ... in order, each word's tokens contiguous; -1 for tokens
     that belong to no word, which still take part in the DTW). ``frame_rate``: frames per second (12.5 for ACE-Step).
@@ -143,8 +151,13 @@ def align_tokens(
     """
     if not frame_rate > 0:
         raise ValueError(f"frame_rate must be > 0; got {frame_rate}")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}; got {recipe!r}")
+    song = recipe == "song"
     if medfilt_width is None:
-        medfilt_width = default_medfilt_width(frame_rate)
+        medfilt_width = default_medfilt_width(frame_rate) if song else 7
+    lyric_weight = song if lyric_weight is None else lyric_weight
+    open_ends = song if open_ends is None else open_ends
     M = alignment_matrix(maps, medfilt_width, lyric_weight=lyric_weight)
     n_tok, n_frames = M.shape
     wid = np.asarray(word_ids.cpu() if isinstance(word_ids, torch.Tensor) else word_ids, dtype=np.int64)

@@ -4,9 +4,14 @@ Full-size ``AceStepTransformer1DModel`` (24 layers, hidden 2048, 16 heads / 8 KV
 8 turbo steps, 769 encoder keys (29 sung lyric tokens). Cases, measured side by side in one process:
 
     plain                     the loop with no hooks
+    plain_again               the same loop timed a second time: its ratio to ``plain`` is the noise floor
     capture_stats_all_heads   al.capture(model) -- statistics for all layers, heads and steps (auto reducer)
     capture_stats_reference   the same with reducer="reference" (chunked PyTorch, fp32)
     capture_maps_16_heads     full maps for 16 (layer, head) pairs (layers 2-5 x heads 6, 8, 10, 11) on the CPU
+
+Cases are interleaved in a shuffled order per round and each ratio is the median over rounds of the case's time
+over the baseline's time in the same round (baseline: mean of ``plain`` and ``plain_again``), with a bootstrap 95 %
+interval (``benchmarks/_timing.py``).
 
 Usage::
 
@@ -22,13 +27,15 @@ import math
 import platform
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import baseline, interleaved_times, paired_ratio  # noqa: E402
 
 import attnlens as al  # noqa: E402
 from attnlens.captures import ItemLayout  # noqa: E402
@@ -109,25 +116,28 @@ def run_case(case: str, model, inp, layout, device: str):
     return out, cap
 
 
-def measure(cases, model, inp, layout, device, repeats):
-    times = {c: [] for c in cases}
+def measure(cases, model, inp, layout, device, rounds):
+    """Warm up every case, then time them interleaved (shuffled order per round); peak memory per case."""
     peaks = {c: 0 for c in cases}
     caps = {}
+    cuda = device == "cuda"
     for c in cases:  # warm-up (compiles kernels)
         run_case(c, model, inp, layout, device)
-    for _ in range(repeats):
-        for c in cases:  # interleaved so drift hits every case alike
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            out, cap = run_case(c, model, inp, layout, device)
-            if device == "cuda":
-                torch.cuda.synchronize()
-                peaks[c] = max(peaks[c], torch.cuda.max_memory_allocated())
-            times[c].append(time.perf_counter() - t0)
-            caps[c] = cap
-            del out
+
+    def run(case):
+        out, caps[case] = run_case(case, model, inp, layout, device)
+        return out
+
+    def before(case):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def after(case):
+        if cuda:
+            peaks[case] = max(peaks[case], torch.cuda.max_memory_allocated())
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times = interleaved_times(cases, run, rounds, sync=sync, before=before, after=after)
     return times, peaks, caps
 
 
@@ -149,11 +159,12 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--durations", type=float, nargs="+", default=[10, 60, 240])
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", "--repeats", type=int, default=30, help="rounds (every case once per round)")
     ap.add_argument("--keys", type=int, default=769)
     ap.add_argument("--small", action="store_true", help="tiny config (CPU check)")
     ap.add_argument("--cases", nargs="+",
-                    default=["plain", "capture_stats_all_heads", "capture_stats_reference", "capture_maps_16_heads"])  # fmt: skip
+                    default=["plain", "plain_again", "capture_stats_all_heads", "capture_stats_reference",
+                             "capture_maps_16_heads"])  # fmt: skip
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -165,21 +176,20 @@ def main() -> None:
     results = []
     for sec in args.durations:
         inp = make_inputs(model, sec, args.keys, args.device, dtype)
-        times, peaks, caps = measure(args.cases, model, inp, layout, args.device, args.repeats)
-        base_t = statistics.median(times["plain"])
-        if "plain_again" in times:  # both plain timings as the baseline: half the noise
-            base_t = statistics.median(times["plain"] + times["plain_again"])
+        times, peaks, caps = measure(args.cases, model, inp, layout, args.device, args.rounds)
+        base = baseline(times)
         base_m = peaks["plain"] or 1
         agree = agreement(caps)
         for c in args.cases:
+            # the second timing of the plain loop against the first: the noise floor of one paired ratio
+            paired = paired_ratio(times[c], times["plain"] if c == "plain_again" else base)
             row = {
                 "case": c,
                 "audio_s": sec,
                 "time_s": round(statistics.median(times[c]), 5),
-                "time_ratio": round(statistics.median(times[c]) / base_t, 4),
+                **paired,
                 "peak_mem_gib": round(peaks[c] / 2**30, 3),
                 "mem_ratio": round(peaks[c] / base_m, 4) if peaks["plain"] else None,
-                "repeats": args.repeats,
             }
             if c == "capture_stats_all_heads":
                 row.update(agree)

@@ -7,6 +7,7 @@ tokens, batch 1, LoRA r=8 on self+cross to_q/to_k/to_v/to_out.0, AdamW. bf16 on 
 Cases (forward + flow-matching loss + backward + optimizer step):
 
     lora_step                        plain LoRA step (the baseline)
+    lora_step_again                  the same step timed a second time: its ratio to lora_step is the noise floor
     lora_step_entropy_all_keys       + λ · mean normalized entropy over all 769 keys (recomputed, P never stored)
     lora_step_entropy_lyrics         + λ · lyric-only entropy (29 sung tokens)
     lora_step_entropy_naive          + entropy from materialized softmax maps kept for backward (reference)
@@ -16,7 +17,8 @@ CUDA, the chunked PyTorch recomputation elsewhere), ``fused`` or ``recompute``. 
 implementation that ran (``entropy_impl``); a forced implementation is added to the output file name.
 
 Prints one JSON line per case, e.g. {"case": "lora_step_entropy_all_keys", "audio_s": 30, "time_ratio": ...,
-"mem_ratio": ...}; ratios are against ``lora_step`` on the same device. ``--small`` runs a small config on the
+"mem_ratio": ...}; ratios are against ``lora_step`` on the same device: the median over rounds of the
+case's time over the plain step's time in the same round, with a bootstrap 95 % interval (``_timing.py``). ``--small`` runs a small config on the
 CPU to check the script; CPU peak memory is not measured (reported as null).
 
     python benchmarks/bench_train.py --small
@@ -39,12 +41,21 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _timing import baseline, interleaved_times, paired_ratio  # noqa: E402
 
 import attnlens.captures  # noqa: E402,F401  (import order)
 from attnlens.reducers.differentiable import EntropyTap  # noqa: E402
 from attnlens.train.lora import LoraConfig, add_lora, lora_parameters  # noqa: E402
 
-CASES = ("lora_step", "lora_step_entropy_all_keys", "lora_step_entropy_lyrics", "lora_step_entropy_naive")
+CASES = (
+    "lora_step",
+    "lora_step_again",
+    "lora_step_entropy_all_keys",
+    "lora_step_entropy_lyrics",
+    "lora_step_entropy_naive",
+)
 
 
 def build(small: bool, device: str, dtype: torch.dtype):
@@ -74,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--audio-s", type=float, default=30.0)
     ap.add_argument("--keys", type=int, default=769, help="packed encoder keys")
     ap.add_argument("--lyric-tokens", type=int, default=29)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=30, help="rounds: every case once per round, shuffled")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--weight", type=float, default=0.02, help="entropy weight λ")
     ap.add_argument("--out", default=None, help="folder for train_<device>.json")
@@ -142,24 +153,22 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    # cases interleaved: every round times each case once, so drifts of the host or GPU clock hit all of them
+    # cases interleaved in a shuffled order per round, ratios paired round by round (benchmarks/_timing.py)
     for case in cases:
         for _ in range(args.warmup):
             step(case)
     sync()
-    times: dict[str, list[float]] = {case: [] for case in cases}
     peaks: dict[str, float] = {case: 0.0 for case in cases}
-    for _ in range(args.iters):
-        for case in cases:
-            sync()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(dev)
-            t0 = time.perf_counter()
-            step(case)
-            sync()
-            times[case].append(time.perf_counter() - t0)
-            if cuda:
-                peaks[case] = max(peaks[case], torch.cuda.max_memory_allocated(dev) / 2**30)
+
+    def before(case: str) -> None:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+
+    def after(case: str) -> None:
+        if cuda:
+            peaks[case] = max(peaks[case], torch.cuda.max_memory_allocated(dev) / 2**30)
+
+    times = interleaved_times(cases, step, args.iters, sync=sync, before=before, after=after)
     results = {
         case: {"time_s": statistics.median(times[case]), "peak_gib": peaks[case] if cuda else None} for case in cases
     }
@@ -177,6 +186,7 @@ def main(argv=None) -> int:
             print(f"== profile {case} (2 steps): syncs/copies {syncs}")
             print(ev.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=48))
     base = results["lora_step"]
+    base_t = baseline(times, ("lora_step", "lora_step_again"))
     device_name = torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})"
     rows = []
     for case in cases:
@@ -189,13 +199,12 @@ def main(argv=None) -> int:
             "lyric_tokens": args.lyric_tokens,
             "time_s": round(r["time_s"], 5),
             "peak_gib": None if r["peak_gib"] is None else round(r["peak_gib"], 4),
-            "time_ratio": round(r["time_s"] / base["time_s"], 4),
+            **paired_ratio(times[case], times["lora_step"] if case == "lora_step_again" else base_t),
             "entropy_impl": impl_used.get(case),
             "mem_ratio": None if r["peak_gib"] is None else round(r["peak_gib"] / base["peak_gib"], 4),
             "device": device_name,
             "dtype": str(dtype).replace("torch.", ""),
             "config": "small" if args.small else "full",
-            "iters": args.iters,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -139,6 +139,42 @@ def test_strided_inputs_and_expanded_gradient():
     assert _rel(got[1], ref[1]) < 2e-5 and _rel(got[2], ref[2]) < 2e-5
 
 
+def test_key_index_reads_keys_in_place_and_weights_items():
+    """key_index walks a shuffled subset of k's rows (item 1 takes fewer: the rest masked), weights scale each item:
+    equal to the weighted naive entropy over those keys; rows of k outside the index get exactly 0 gradient."""
+    q, k, w, _ = _case(seed=8)
+    B, S = k.shape[0], k.shape[1]
+    g = torch.Generator().manual_seed(8)
+    taken = [torch.randperm(S, generator=g)[:n] for n in (19, 11)]  # distinct rows, in no particular order
+    n_max = max(len(t) for t in taken)
+    index = torch.zeros(B, n_max, dtype=torch.long)
+    mask = torch.zeros(B, n_max, dtype=torch.bool)
+    key_mask = torch.zeros(B, S, dtype=torch.bool)  # the same keys as a mask over k, for the reference
+    for b, t in enumerate(taken):
+        rest = [j for j in range(S) if j not in set(t.tolist())][: n_max - len(t)]
+        index[b] = torch.cat([t, torch.tensor(rest, dtype=torch.long)])  # padding rows: real rows, masked out
+        mask[b, : len(t)] = True
+        key_mask[b, t] = True
+    weight = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    index, mask, key_mask, weight = index.to(DEV), mask.to(DEV), key_mask.to(DEV), weight.to(DEV)
+    got = _grads(
+        lambda a, c: fused_attention_entropy(
+            a, c, SCALE, mask, SMALL_BLOCKS, key_index=index, weight=weight, weight_all=3.0
+        ),
+        q,
+        k,
+        w,
+    )
+    ref = _grads(
+        lambda a, c: attention_entropy_naive(a, c, SCALE, key_mask, normalize=False) * 3.0 * weight[:, None, None],
+        q.double(),
+        k.double(),
+        w,
+    )
+    _assert_close(got, ref, torch.float32)
+    assert torch.all(got[2][~key_mask] == 0) and torch.all(got[2][key_mask].abs().sum(-1) > 0)
+
+
 def test_backward_is_deterministic():
     q, k, w, mask = _case(masked=True, seed=6)
     a = _grads(lambda x, y: fused_attention_entropy(x, y, SCALE, mask, SMALL_BLOCKS), q, k, w)

@@ -153,15 +153,17 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not fit (batch, head_dim, GQA groups)")
 
 
-KeyPlan = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]
+KeyPlan = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]
 
 
 def _key_plan(key_mask: torch.Tensor, B: int, S: int, device: Any) -> KeyPlan:
-    """Validate a bool ``[B, S]`` key mask; returns ``(order, mask, n_keys)`` on ``device``.
+    """Validate a bool ``[B, S]`` key mask; returns ``(order, mask, n_keys, inv_log_n)`` on ``device``.
 
     ``order`` ``[B, n_max]`` puts every item's taken keys first (``None`` when some item takes all ``S``), ``mask``
     ``[B, n_max]`` marks the taken keys after that gather (``None`` when all are taken), ``n_keys`` ``[B]`` counts
-    them. The bookkeeping runs on the mask's own device: a CPU mask costs no GPU synchronization.
+    them and ``inv_log_n`` (float64 ``[B]``) is ``1 / log n_keys``, the normalization. The fused kernels read keys
+    through ``order`` in place; the PyTorch path gathers them. The bookkeeping runs on the mask's own device: a CPU
+    mask costs no GPU synchronization.
     """
     if key_mask.shape != (B, S) or key_mask.dtype != torch.bool:
         raise ValueError(f"key_mask must be bool [B, S] = [{B}, {S}]; got {key_mask.dtype} {tuple(key_mask.shape)}")
@@ -178,7 +180,7 @@ def _key_plan(key_mask: torch.Tensor, B: int, S: int, device: Any) -> KeyPlan:
         key_mask = torch.gather(key_mask, 1, order)
         order = order.to(device)
     mask = None if bool(key_mask.all()) else key_mask.to(device)
-    return order, mask, n.to(device)
+    return order, mask, n.to(device), (1.0 / torch.log(n.to(torch.float64))).to(device)
 
 
 def _entropy(
@@ -193,18 +195,21 @@ def _entropy(
     """:func:`attention_entropy` after validation (``impl`` resolved: ``"fused"`` or ``"recompute"``)."""
     B, T, H, D = q.shape
     S = k.shape[1]
-    key_mask = n_keys = None
+    order = key_mask = n_keys = inv_log_n = None
     if plan is not None:
-        order, key_mask, n_keys = plan
-        if order is not None:
-            k = torch.gather(k, 1, order[:, :, None, None].expand(-1, -1, k.shape[2], k.shape[3]))
-            S = order.shape[1]
-    if impl == "fused":
-        h = fused_attention_entropy(q, k, scale, key_mask)
-    else:
-        work_size = 8 if q.dtype == torch.float64 else 4  # softmax temporaries are fp32 (fp64 for fp64 inputs)
-        chunk = _chunk_frames(B, H, S, T, work_size, chunk_bytes)
-        h = _EntropyFn.apply(q, k, key_mask, float(scale), int(k.shape[2]), chunk)
+        order, key_mask, n_keys, inv_log_n = plan
+    if impl == "fused":  # keys read through `order` in place; normalization inside the kernels
+        if not normalize:
+            return fused_attention_entropy(q, k, scale, key_mask, key_index=order)
+        if inv_log_n is None:
+            return fused_attention_entropy(q, k, scale, key_mask, key_index=order, weight_all=1.0 / math.log(S))
+        return fused_attention_entropy(q, k, scale, key_mask, key_index=order, weight=inv_log_n)
+    if order is not None:
+        k = torch.gather(k, 1, order[:, :, None, None].expand(-1, -1, k.shape[2], k.shape[3]))
+        S = order.shape[1]
+    work_size = 8 if q.dtype == torch.float64 else 4  # softmax temporaries are fp32 (fp64 for fp64 inputs)
+    chunk = _chunk_frames(B, H, S, T, work_size, chunk_bytes)
+    h = _EntropyFn.apply(q, k, key_mask, float(scale), int(k.shape[2]), chunk)
     if not normalize:
         return h
     if n_keys is None:

@@ -19,7 +19,12 @@ recomputed from ``q`` and ``k``, then::
     dk_j = scale · Σ_{h in group} Σ_i gs_hij q_hi            (_entropy_dk_kernel: one program per key block)
 
 Two kernels, so that each output row is owned by one program: no atomics, deterministic results. Saved for
-backward: ``q``, ``k``, the key mask, ``lse`` and ``μ`` (fp32 ``[B, H, T]``), never ``P``.
+backward: ``q``, ``k``, the key mask and index, the item weights, ``lse`` and ``μ`` (fp32 ``[B, H, T]``), never ``P``.
+
+A key subset (the lyric-only penalty) is read in place through a key index ``[B, n]`` (row ``index[b, j]`` of
+``k``): no gathered copy of ``k`` and no scatter of its gradient, whose other rows stay 0. The normalization
+``1 / log n_b`` is a per-item weight applied inside the kernels (to ``H`` and to ``g``), so no extra kernels run
+for it.
 
 Products use ``tl.dot`` with fp32 accumulation: bf16/fp16 inputs multiply in their own dtype (as the attention
 kernel; ``gs`` is rounded to that dtype for the gradient products, as in the PyTorch path), fp32 inputs with IEEE
@@ -71,13 +76,31 @@ if HAVE_TRITON:
             out = tl.dot(a, b)
         return out
 
+    @triton.jit
+    def _key_rows(idx_ptr, b, sib, offs_s, in_s, HAS_IDX: tl.constexpr):
+        """Rows of ``k`` for taken-key positions ``offs_s``: ``idx[b, offs_s]`` with a key index, else themselves."""
+        if HAS_IDX:
+            rows = tl.load(idx_ptr + b * sib + offs_s, mask=in_s, other=0).to(tl.int64)
+        else:
+            rows = offs_s.to(tl.int64)
+        return rows
+
+    @triton.jit
+    def _item_weight(w_ptr, b, w_all, HAS_W: tl.constexpr):
+        """The factor on item ``b``'s entropy: ``w_all · w[b]`` (``w_all`` alone without a weight vector)."""
+        if HAS_W:
+            wt = w_all * tl.load(w_ptr + b).to(tl.float32)
+        else:
+            wt = w_all
+        return wt
+
     @triton.jit(do_not_specialize=["T", "S", "H", "G"])
     def _entropy_fwd_kernel(
-        q_ptr, k_ptr, mask_ptr, h_ptr, lse_ptr, mean_ptr,
-        T, S, H, G, scale,
-        sqb, sqt, sqh, skb, sks, skh, smb,
+        q_ptr, k_ptr, mask_ptr, idx_ptr, w_ptr, h_ptr, lse_ptr, mean_ptr,
+        T, S, H, G, scale, w_all,
+        sqb, sqt, sqh, skb, sks, skh, smb, sib,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
-        UPCAST: tl.constexpr,
+        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -95,8 +118,9 @@ if HAVE_TRITON:
         for s0 in range(0, S, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
             in_s = offs_s < S
+            rows = _key_rows(idx_ptr, b, sib, offs_s, in_s, HAS_IDX)
             k = tl.load(
-                k_ptr + b * skb + offs_s[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
+                k_ptr + b * skb + rows[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
             )
             s = _dot(q, tl.trans(k), IEEE, UPCAST)
             s = s * scale  # [BLOCK_T, BLOCK_S] fp32
@@ -114,17 +138,17 @@ if HAVE_TRITON:
         log_l = tl.log(lsum)
         ratio = u / lsum
         o = pid_bh.to(tl.int64) * T + offs_t
-        tl.store(h_ptr + o, log_l - ratio, mask=t_ok)
+        tl.store(h_ptr + o, (log_l - ratio) * _item_weight(w_ptr, b, w_all, HAS_W), mask=t_ok)
         tl.store(lse_ptr + o, m + log_l, mask=t_ok)
         tl.store(mean_ptr + o, m + ratio, mask=t_ok)
 
     @triton.jit(do_not_specialize=["T", "S", "H", "G"])
     def _entropy_dq_kernel(
-        q_ptr, k_ptr, mask_ptr, lse_ptr, mean_ptr, g_ptr, dq_ptr,
-        T, S, H, G, scale,
-        sqb, sqt, sqh, skb, sks, skh, smb, sgb, sgh, sgt, sdb, sdt, sdh,
+        q_ptr, k_ptr, mask_ptr, idx_ptr, w_ptr, lse_ptr, mean_ptr, g_ptr, dq_ptr,
+        T, S, H, G, scale, w_all,
+        sqb, sqt, sqh, skb, sks, skh, smb, sib, sgb, sgh, sgt, sdb, sdt, sdh,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
-        UPCAST: tl.constexpr,
+        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -139,12 +163,14 @@ if HAVE_TRITON:
         lse = tl.load(lse_ptr + o, mask=t_ok, other=0.0)
         mean_s = tl.load(mean_ptr + o, mask=t_ok, other=0.0)
         g = tl.load(g_ptr + b * sgb + h * sgh + offs_t * sgt, mask=t_ok, other=0.0)  # rows past T: g = 0
+        g = g * _item_weight(w_ptr, b, w_all, HAS_W)
         acc = tl.zeros([BLOCK_T, D], tl.float32)
         for s0 in range(0, S, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
             in_s = offs_s < S
+            rows = _key_rows(idx_ptr, b, sib, offs_s, in_s, HAS_IDX)
             k = tl.load(
-                k_ptr + b * skb + offs_s[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
+                k_ptr + b * skb + rows[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
             )
             s = _dot(q, tl.trans(k), IEEE, UPCAST)
             s = s * scale
@@ -163,11 +189,11 @@ if HAVE_TRITON:
 
     @triton.jit(do_not_specialize=["T", "S", "H", "KVH", "G"])
     def _entropy_dk_kernel(
-        q_ptr, k_ptr, mask_ptr, lse_ptr, mean_ptr, g_ptr, dk_ptr,
-        T, S, H, KVH, G, scale,
-        sqb, sqt, sqh, skb, sks, skh, smb, sgb, sgh, sgt, sdb, sds, sdh,
+        q_ptr, k_ptr, mask_ptr, idx_ptr, w_ptr, lse_ptr, mean_ptr, g_ptr, dk_ptr,
+        T, S, H, KVH, G, scale, w_all,
+        sqb, sqt, sqh, skb, sks, skh, smb, sib, sgb, sgh, sgt, sdb, sds, sdh,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
-        UPCAST: tl.constexpr,
+        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr,
     ):  # fmt: skip
         pid_s = tl.program_id(0)
         pid_bk = tl.program_id(1)
@@ -176,9 +202,9 @@ if HAVE_TRITON:
         offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
         offs_d = tl.arange(0, D)
         in_s = offs_s < S
-        k = tl.load(
-            k_ptr + b * skb + offs_s[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
-        )
+        rows = _key_rows(idx_ptr, b, sib, offs_s, in_s, HAS_IDX)
+        k = tl.load(k_ptr + b * skb + rows[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0)
+        wt = _item_weight(w_ptr, b, w_all, HAS_W)
         ok = in_s
         if HAS_MASK:
             ok = ok & (tl.load(mask_ptr + b * smb + offs_s, mask=in_s, other=0) != 0)
@@ -194,7 +220,7 @@ if HAVE_TRITON:
                 )
                 lse = tl.load(lse_ptr + row0 + offs_t, mask=t_ok, other=0.0)
                 mean_s = tl.load(mean_ptr + row0 + offs_t, mask=t_ok, other=0.0)
-                g = tl.load(g_ptr + b * sgb + h * sgh + offs_t * sgt, mask=t_ok, other=0.0)
+                g = tl.load(g_ptr + b * sgb + h * sgh + offs_t * sgt, mask=t_ok, other=0.0) * wt
                 st = _dot(k, tl.trans(q), IEEE, UPCAST)
                 st = st * scale  # sᵀ [BLOCK_S, BLOCK_T]
                 pt = tl.where(ok[:, None] & t_ok[None, :], tl.exp(st - lse[None, :]), 0.0)
@@ -202,7 +228,7 @@ if HAVE_TRITON:
                 acc += _dot(gst.to(q.dtype), q, IEEE, UPCAST)
         dk = acc * scale
         tl.store(
-            dk_ptr + b * sdb + offs_s[:, None] * sds + kvh * sdh + offs_d[None, :],
+            dk_ptr + b * sdb + rows[:, None] * sds + kvh * sdh + offs_d[None, :],
             dk.to(dk_ptr.dtype.element_ty),
             mask=in_s[:, None],
         )
@@ -219,58 +245,77 @@ def _unit_d(x: torch.Tensor) -> torch.Tensor:
 
 
 class _FusedEntropyFn(torch.autograd.Function):
-    """Per-frame entropy ``[B, H, T]`` (fp32, not normalized) with the fused kernels; saves q, k, mask, lse, μ."""
+    """Per-frame entropy ``[B, H, T]`` (fp32) with the fused kernels, times ``w_all · w[b]``; saves q, k, the key
+    mask and index, the weights, lse and μ."""
 
     @staticmethod
-    def forward(ctx, q, k, kmask, scale, blocks):  # q [B,T,H,D], k [B,S,KVH,D] (q's dtype), kmask int8 [B,S] | None
+    def forward(ctx, q, k, kmask, kidx, w, w_all, scale, blocks):
+        # q [B,T,H,D], k [B,S,KVH,D] (q's dtype); kmask int8 [B,n] | None; kidx int [B,n] | None; w [B] | None
         B, T, H, D = q.shape
-        S, KVH = k.shape[1], k.shape[2]
+        KVH = k.shape[2]
+        S = kidx.shape[1] if kidx is not None else k.shape[1]  # keys the kernels walk over
         q, k = _unit_d(q), _unit_d(k)
         h = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         lse = torch.empty_like(h)
         mean_s = torch.empty_like(h)
-        mask = kmask if kmask is not None else h  # dummy pointer when there is no mask
         bt, bs, warps = blocks["fwd"]
         grid = (triton.cdiv(T, bt), B * H)
         _entropy_fwd_kernel[grid](
-            q, k, mask, h, lse, mean_s, T, S, H, H // KVH, float(scale),
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            kmask.stride(0) if kmask is not None else 0,
-            D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=kmask is not None, IEEE=q.dtype == torch.float32, UPCAST=_upcast(q), num_warps=warps,
+            q, k, _ptr(kmask, h), _ptr(kidx, h), _ptr(w, h), h, lse, mean_s, T, S, H, H // KVH, float(scale),
+            float(w_all), q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            _stride0(kmask), _stride0(kidx),
+            D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=kmask is not None, IEEE=q.dtype == torch.float32, UPCAST=_upcast(q),
+            HAS_IDX=kidx is not None, HAS_W=w is not None, num_warps=warps,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, kmask if kmask is not None else torch.empty(0, device=q.device), lse, mean_s)
-        ctx.has_mask, ctx.scale, ctx.blocks = kmask is not None, float(scale), blocks
+        none = torch.empty(0, device=q.device)
+        ctx.save_for_backward(q, k, _or(kmask, none), _or(kidx, none), _or(w, none), lse, mean_s)
+        ctx.has = (kmask is not None, kidx is not None, w is not None)
+        ctx.scale, ctx.w_all, ctx.blocks = float(scale), float(w_all), blocks
         return h
 
     @staticmethod
     def backward(ctx, grad_out):  # grad_out [B, H, T]
-        q, k, kmask, lse, mean_s = ctx.saved_tensors
-        has_mask = ctx.has_mask
+        q, k, kmask, kidx, w, lse, mean_s = ctx.saved_tensors
+        has_mask, has_idx, has_w = ctx.has
+        kmask, kidx, w = (kmask if has_mask else None), (kidx if has_idx else None), (w if has_w else None)
         B, T, H, D = q.shape
-        S, KVH = k.shape[1], k.shape[2]
+        KVH = k.shape[2]
+        S = kidx.shape[1] if kidx is not None else k.shape[1]
         g = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
-        mask = kmask if has_mask else lse
-        sm = kmask.stride(0) if has_mask else 0
         ieee, upcast = q.dtype == torch.float32, _upcast(q)
-        common = (ctx.scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), sm,
-                  g.stride(0), g.stride(1), g.stride(2))  # fmt: skip
+        ptrs = (_ptr(kmask, lse), _ptr(kidx, lse), _ptr(w, lse), lse, mean_s, g)
+        common = (ctx.scale, ctx.w_all, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                  _stride0(kmask), _stride0(kidx), g.stride(0), g.stride(1), g.stride(2))  # fmt: skip
+        flags = dict(HAS_MASK=has_mask, IEEE=ieee, UPCAST=upcast, HAS_IDX=has_idx, HAS_W=has_w)
         dq = dk = None
         if ctx.needs_input_grad[0]:
             dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # [B, T, H, D]
             bt, bs, warps = ctx.blocks["dq"]
             _entropy_dq_kernel[(triton.cdiv(T, bt), B * H)](
-                q, k, mask, lse, mean_s, g, dq, T, S, H, H // KVH, *common, dq.stride(0), dq.stride(1), dq.stride(2),
-                D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=has_mask, IEEE=ieee, UPCAST=upcast, num_warps=warps,
+                q, k, *ptrs, dq, T, S, H, H // KVH, *common, dq.stride(0), dq.stride(1), dq.stride(2),
+                D=D, BLOCK_T=bt, BLOCK_S=bs, num_warps=warps, **flags,
             )  # fmt: skip
         if ctx.needs_input_grad[1]:
-            dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)  # [B, S, KVH, D]
+            # [B, S, KVH, D]; with a key index the kernel writes the indexed rows only: the others stay 0
+            dk = (torch.zeros if has_idx else torch.empty)(k.shape, device=k.device, dtype=k.dtype)
             bt, bs, warps = ctx.blocks["dk"]
             _entropy_dk_kernel[(triton.cdiv(S, bs), B * KVH)](
-                q, k, mask, lse, mean_s, g, dk, T, S, H, KVH, H // KVH, *common,
-                dk.stride(0), dk.stride(1), dk.stride(2),
-                D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=has_mask, IEEE=ieee, UPCAST=upcast, num_warps=warps,
+                q, k, *ptrs, dk, T, S, H, KVH, H // KVH, *common, dk.stride(0), dk.stride(1), dk.stride(2),
+                D=D, BLOCK_T=bt, BLOCK_S=bs, num_warps=warps, **flags,
             )  # fmt: skip
-        return dq, dk, None, None, None
+        return dq, dk, None, None, None, None, None, None
+
+
+def _ptr(x: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    return x if x is not None else dummy  # a dummy pointer for an absent optional input (never read)
+
+
+def _or(x: torch.Tensor | None, none: torch.Tensor) -> torch.Tensor:
+    return x if x is not None else none
+
+
+def _stride0(x: torch.Tensor | None) -> int:
+    return x.stride(0) if x is not None else 0
 
 
 def fused_attention_entropy(
@@ -279,19 +324,30 @@ def fused_attention_entropy(
     scale: float,
     key_mask: torch.Tensor | None = None,
     blocks: dict[str, tuple[int, int, int]] | None = None,
+    *,
+    key_index: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    weight_all: float = 1.0,
 ) -> torch.Tensor:
-    """Per-frame entropy ``H = lse - Σ p s`` ``[B, H, T]`` (fp32, in nats, not normalized) of
-    ``softmax(scale · q kᵀ)``, differentiable in ``q`` and ``k``, with the fused Triton kernels.
+    """Per-frame entropy ``w_all · w[b] · H`` ``[B, H, T]`` (fp32, in nats unless weighted) with
+    ``H = lse - Σ p s`` of ``softmax(scale · q kᵀ)`` over the taken keys, differentiable in ``q`` and ``k``, with
+    the fused Triton kernels.
 
     No argument checks beyond the kernels' needs: :func:`attnlens.reducers.differentiable.attention_entropy` is
-    the public entry (validation, lyric-key gathering, normalization).
+    the public entry (validation, key plans, normalization).
 
     Args:
         q: ``[B, T, H, D]``, bf16/fp16/fp32 (see :func:`fused_entropy_supported`).
         k: ``[B, S, KVH, D]``; cast to ``q``'s dtype. Query head ``h`` reads KV head ``h // (H / KVH)``.
-        key_mask: optional ``[B, S]`` (bool or integer, nonzero = taken); every item needs at least one key.
+        key_mask: optional ``[B, n]`` (bool or integer, nonzero = taken); every item needs at least one key.
+            Without ``key_index`` it marks keys of ``k`` (``n = S``); with it, entries of ``key_index``.
         blocks: per kernel (``"fwd"``, ``"dq"``, ``"dk"``) ``(BLOCK_T, BLOCK_S, num_warps)``; block sizes powers
             of 2, at least 16. Defaults: :data:`DEFAULT_BLOCKS`.
+        key_index: optional integer ``[B, n]``: the kernels walk over keys ``k[b, key_index[b, j]]`` only (no
+            gathered copy of ``k``; its gradient lands on those rows, the other rows get 0). An item's indices
+            must be distinct.
+        weight: optional ``[B]`` factor per item (e.g. ``1 / log n_b`` to normalize), applied inside the kernels
+            to the values and their gradients; ``weight_all``: a factor for every item.
     """
     if not fused_entropy_supported(q):
         raise ValueError(
@@ -307,4 +363,12 @@ def fused_attention_entropy(
         kmask = key_mask.to(device=q.device, dtype=torch.int8)
         if kmask.stride(1) != 1:
             kmask = kmask.contiguous()
-    return _FusedEntropyFn.apply(q, k, kmask, float(scale), blocks)
+    kidx = None
+    if key_index is not None:
+        kidx = key_index.to(device=q.device)
+        if kidx.stride(1) != 1:
+            kidx = kidx.contiguous()
+    w = None
+    if weight is not None:
+        w = weight.to(device=q.device).contiguous()
+    return _FusedEntropyFn.apply(q, k, kmask, kidx, w, float(weight_all), float(scale), blocks)

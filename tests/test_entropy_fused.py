@@ -30,7 +30,11 @@ from attnlens.reducers.differentiable import (  # noqa: E402
     attention_entropy_naive,
     resolve_impl,
 )
-from attnlens.reducers.fused_entropy import fused_attention_entropy, fused_entropy_supported  # noqa: E402
+from attnlens.reducers.fused_entropy import (  # noqa: E402
+    fused_attention_entropy,
+    fused_attention_entropy_layers,
+    fused_entropy_supported,
+)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 FUSED_HERE = DEV == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
@@ -173,6 +177,45 @@ def test_key_index_reads_keys_in_place_and_weights_items():
     )
     _assert_close(got, ref, torch.float32)
     assert torch.all(got[2][~key_mask] == 0) and torch.all(got[2][key_mask].abs().sum(-1) > 0)
+
+
+@pytest.mark.parametrize("packed", ["separate", "unaligned"])
+def test_layers_in_one_launch_equal_one_launch_per_layer(packed):
+    """Three layers in one launch (offset table over separately allocated tensors, or, for tensors 3 elements
+    apart from a 16-element boundary, the stacked fallback) equal three single-layer launches, values and every
+    layer's gradients; with a key index, weights and a ragged mask."""
+    cases = [_case(seed=20 + i) for i in range(3)]
+    qs = [c[0] for c in cases]
+    ks = [c[1] for c in cases]
+    if packed == "unaligned":  # layer 1 lives at an odd offset inside a larger buffer
+        buf = torch.zeros(qs[1].numel() + 3, device=DEV, dtype=qs[1].dtype)
+        buf[3:] = qs[1].flatten()
+        qs[1] = buf[3:].view(qs[1].shape)
+    w = torch.randn(3, *cases[0][2].shape, generator=torch.Generator().manual_seed(9)).to(DEV)
+    S = ks[0].shape[1]
+    index = torch.stack([torch.arange(S - 1, -1, -1)[:20], torch.arange(0, 40, 2)]).to(DEV)  # [2, 20]
+    mask = torch.ones(2, 20, dtype=torch.bool, device=DEV)
+    mask[1, 15:] = False
+    weight = torch.tensor([0.25, 4.0], device=DEV, dtype=torch.float64)
+    opts = dict(key_index=index, weight=weight, weight_all=0.5)
+
+    def grads(fn):
+        xs = [t.detach().clone().requires_grad_() for t in qs + ks]
+        h = fn(xs[:3], xs[3:])
+        return h.detach(), torch.autograd.grad((h * w).sum(), xs)
+
+    one = grads(lambda a, b: fused_attention_entropy_layers(a, b, SCALE, mask, SMALL_BLOCKS, **opts))
+    each = grads(
+        lambda a, b: torch.stack(
+            [fused_attention_entropy(x, y, SCALE, mask, SMALL_BLOCKS, **opts) for x, y in zip(a, b)]
+        )
+    )
+    assert one[0].shape == (3, *cases[0][2].shape)
+    assert torch.equal(one[0], each[0])  # same kernels, same order of operations: bitwise
+    for ga, gb in zip(one[1], each[1]):
+        assert torch.equal(ga, gb)
+    with pytest.raises(ValueError, match="layer 1"):
+        fused_attention_entropy_layers([qs[0], qs[1][:, :5]], ks[:2], SCALE)
 
 
 def test_backward_is_deterministic():

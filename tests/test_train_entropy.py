@@ -137,3 +137,52 @@ def test_tap_hooks_removed_when_forward_raises(pipe):
             tr(hidden_states=torch.zeros(1, 4, 8), timestep=torch.ones(1), timestep_r=torch.ones(1),
                encoder_hidden_states=torch.zeros(1, 3, 5), context_latents=torch.zeros(1, 4, 16))  # fmt: skip
     assert attnlens_hooks(tr) == []
+
+
+@pytest.mark.parametrize("impl", ["recompute", "fused"])
+def test_penalty_gradient_same_with_gradient_checkpointing(pipe, impl):
+    """The tap computes the penalty after the forward from the layers' kept q and k: recomputing the layers in the
+    backward (gradient checkpointing) gives the same value and the same parameter gradients."""
+    import os
+
+    if impl == "fused" and not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("the fused kernels need CUDA or Triton's interpreter")
+    import attnlens as al
+    from attnlens.train.conditioning import context_latents, encode_condition
+
+    if impl == "fused":  # the kernels need a power-of-2 head_dim >= 16
+        pytest.importorskip("triton")
+        pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2))
+
+    cond = encode_condition(pipe, ["soft pop"], ["[verse]\nhello there my friend\nsing along"], 2.0)
+    T = 24
+    x = torch.randn(1, T, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.full((1,), 0.6)
+    ctx = context_latents(pipe, 1, T, "cpu", torch.float32)
+    tr = pipe.transformer
+    kw = dict(hidden_states=x, timestep=t, timestep_r=t, encoder_hidden_states=cond.encoder_hidden_states,
+              context_latents=ctx, return_dict=False)  # fmt: skip
+    params = [p for n, p in tr.named_parameters() if "cross_attn" in n and ("to_q" in n or "to_k" in n)]
+    assert params
+
+    def run(checkpointing: bool):
+        if checkpointing:
+            tr.enable_gradient_checkpointing()
+        else:
+            tr.disable_gradient_checkpointing()
+        tr.train()
+        try:
+            with EntropyTap(tr, keys="lyrics", lyric_positions=cond.lyric_positions(), impl=impl) as tap:
+                tr(**kw)
+                pen = tap.mean()
+            return pen.detach(), torch.autograd.grad(pen, params)
+        finally:
+            tr.disable_gradient_checkpointing()
+            tr.eval()
+
+    v0, g0 = run(False)
+    v1, g1 = run(True)
+    assert abs(float(v0) - float(v1)) < 1e-6
+    for a, b in zip(g0, g1):
+        assert float(a.abs().max()) > 0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

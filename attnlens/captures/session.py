@@ -15,8 +15,10 @@ Hooks (all removed in ``finally``, also when the pipeline raises):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -142,6 +144,7 @@ class CaptureSession:
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_layers = False
         self._maps_host: _HostBlock | None = None
+        self._copy_stream: Any = None  # CUDA side stream for device -> host copies
         self.stash_budget_bytes = 64 << 20
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
@@ -198,6 +201,7 @@ class CaptureSession:
         self._t_pending = {}
         self._host = None
         self._layout_cache = None
+        self._copy_stream = None
 
     # --------------------------------------------------------------- steps
     def _total_steps(self) -> int | None:
@@ -260,8 +264,9 @@ class CaptureSession:
             return
         if self._host is None:
             self._host = {name: _HostBlock(self._expected_steps()) for name in bufs}
-        self._step_bufs[pos] = {name: self._host[name].put((pos,), buf) for name, buf in bufs.items()}
-        self._pending_copies = True
+        with self._side_stream(*bufs.values()) as side:
+            self._step_bufs[pos] = {name: self._host[name].put((pos,), buf) for name, buf in bufs.items()}
+        self._pending_copies = side is not None or self._pending_copies
 
     def _prepare_layout(self, args, kwargs) -> None:
         B = self.adapter.batch_of_call(args, kwargs)
@@ -404,7 +409,26 @@ class CaptureSession:
             return
         if self._maps_host is None:
             self._maps_host = _HostBlock(self._expected_steps(), inner=(len(self.layers),))
-        self._maps[(self._step_pos, li)] = self._maps_host.put((self._step_pos, li), maps)
+        with self._side_stream(maps):
+            self._maps[(self._step_pos, li)] = self._maps_host.put((self._step_pos, li), maps)
+
+    @contextlib.contextmanager
+    def _side_stream(self, *tensors: torch.Tensor) -> Iterator[Any]:
+        """Copies issued inside run on a side stream (CUDA): they wait for the kernels that wrote ``tensors`` and
+        then overlap the model's next kernels instead of queueing in front of them. The tensors are marked as used
+        by that stream, so their memory is not reused before the copies finish. Elsewhere: nothing changes."""
+        dev = tensors[0].device
+        if dev.type != "cuda":
+            yield None
+            return
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device=dev)
+        side = self._copy_stream
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            yield side
+        for t in tensors:
+            t.record_stream(side)
 
     def _stash_fits(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         """Batch all layers of a step into one launch when holding their Q/K costs little memory."""

@@ -62,9 +62,12 @@ def fused_entropy_supported(q: torch.Tensor) -> bool:
 
 if HAVE_TRITON:
     # Layouts: q [B, T, H, D] and k [B, S, KVH, D] with unit stride along D (other strides passed); mask int8
-    # [B, S] (nonzero = key taken); h, lse, mean_s fp32 [B, H, T] contiguous; g fp32 [B, H, T] with any strides
-    # (the gradient of a mean is an expanded tensor). Lengths are not specialized: one compiled kernel per dtype
-    # and block shape serves every clip length.
+    # [B, n] (nonzero = key taken); h, lse, mean_s fp32 [L, B, H, T] contiguous; g fp32 [L, B, H, T] with any
+    # strides (the gradient of a mean is an expanded tensor). Several layers in one launch (grid axis 2 = layer
+    # l, LAYERS): layer l's q and k start qoff[l] · 16 and koff[l] · 16 elements after q_ptr and k_ptr (offsets in
+    # units of 16 elements keep the pointers' alignment known to the compiler); gradients go to contiguous
+    # [L, ...] buffers. Lengths are not specialized: one compiled kernel per dtype and block shape serves every
+    # clip length.
     @triton.jit
     def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
         """``a @ b`` with fp32 accumulation; ``UPCAST``: bf16 operands as exact fp32 (for Triton's interpreter)."""
@@ -94,16 +97,26 @@ if HAVE_TRITON:
             wt = w_all
         return wt
 
-    @triton.jit(do_not_specialize=["T", "S", "H", "G"])
+    @triton.jit
+    def _layer_ptrs(q_ptr, k_ptr, qoff_ptr, koff_ptr, pid_l, LAYERS: tl.constexpr):
+        """Layer ``pid_l``'s q and k: ``qoff[l] · 16`` and ``koff[l] · 16`` elements on (with LAYERS)."""
+        if LAYERS:
+            q_ptr += tl.load(qoff_ptr + pid_l) * 16
+            k_ptr += tl.load(koff_ptr + pid_l) * 16
+        return q_ptr, k_ptr
+
+    @triton.jit(do_not_specialize=["T", "S", "H", "G", "sl"])
     def _entropy_fwd_kernel(
-        q_ptr, k_ptr, mask_ptr, idx_ptr, w_ptr, h_ptr, lse_ptr, mean_ptr,
+        q_ptr, k_ptr, qoff_ptr, koff_ptr, mask_ptr, idx_ptr, w_ptr, h_ptr, lse_ptr, mean_ptr,
         T, S, H, G, scale, w_all,
-        sqb, sqt, sqh, skb, sks, skh, smb, sib,
+        sqb, sqt, sqh, skb, sks, skh, smb, sib, sl,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
-        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr,
+        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr, LAYERS: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
+        pid_l = tl.program_id(2).to(tl.int64)
+        q_ptr, k_ptr = _layer_ptrs(q_ptr, k_ptr, qoff_ptr, koff_ptr, pid_l, LAYERS)
         b = (pid_bh // H).to(tl.int64)
         h = pid_bh % H
         kvh = h // G
@@ -137,21 +150,25 @@ if HAVE_TRITON:
             m = m_new
         log_l = tl.log(lsum)
         ratio = u / lsum
-        o = pid_bh.to(tl.int64) * T + offs_t
+        o = pid_l * sl + pid_bh.to(tl.int64) * T + offs_t
         tl.store(h_ptr + o, (log_l - ratio) * _item_weight(w_ptr, b, w_all, HAS_W), mask=t_ok)
         tl.store(lse_ptr + o, m + log_l, mask=t_ok)
         tl.store(mean_ptr + o, m + ratio, mask=t_ok)
 
-    @triton.jit(do_not_specialize=["T", "S", "H", "G"])
+    @triton.jit(do_not_specialize=["T", "S", "H", "G", "sl"])
     def _entropy_dq_kernel(
-        q_ptr, k_ptr, mask_ptr, idx_ptr, w_ptr, lse_ptr, mean_ptr, g_ptr, dq_ptr,
+        q_ptr, k_ptr, qoff_ptr, koff_ptr, mask_ptr, idx_ptr, w_ptr, lse_ptr, mean_ptr, g_ptr, dq_ptr,
         T, S, H, G, scale, w_all,
-        sqb, sqt, sqh, skb, sks, skh, smb, sib, sgb, sgh, sgt, sdb, sdt, sdh,
+        sqb, sqt, sqh, skb, sks, skh, smb, sib, sl, sgl, sgb, sgh, sgt, sdl, sdb, sdt, sdh,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
-        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr,
+        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr, LAYERS: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
+        pid_l = tl.program_id(2).to(tl.int64)
+        q_ptr, k_ptr = _layer_ptrs(q_ptr, k_ptr, qoff_ptr, koff_ptr, pid_l, LAYERS)
+        g_ptr += pid_l * sgl
+        dq_ptr += pid_l * sdl
         b = (pid_bh // H).to(tl.int64)
         h = pid_bh % H
         kvh = h // G
@@ -159,7 +176,7 @@ if HAVE_TRITON:
         offs_d = tl.arange(0, D)
         t_ok = offs_t < T
         q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
-        o = pid_bh.to(tl.int64) * T + offs_t
+        o = pid_l * sl + pid_bh.to(tl.int64) * T + offs_t
         lse = tl.load(lse_ptr + o, mask=t_ok, other=0.0)
         mean_s = tl.load(mean_ptr + o, mask=t_ok, other=0.0)
         g = tl.load(g_ptr + b * sgb + h * sgh + offs_t * sgt, mask=t_ok, other=0.0)  # rows past T: g = 0
@@ -187,16 +204,22 @@ if HAVE_TRITON:
             mask=t_ok[:, None],
         )
 
-    @triton.jit(do_not_specialize=["T", "S", "H", "KVH", "G"])
+    @triton.jit(do_not_specialize=["T", "S", "H", "KVH", "G", "sl"])
     def _entropy_dk_kernel(
-        q_ptr, k_ptr, mask_ptr, idx_ptr, w_ptr, lse_ptr, mean_ptr, g_ptr, dk_ptr,
+        q_ptr, k_ptr, qoff_ptr, koff_ptr, mask_ptr, idx_ptr, w_ptr, lse_ptr, mean_ptr, g_ptr, dk_ptr,
         T, S, H, KVH, G, scale, w_all,
-        sqb, sqt, sqh, skb, sks, skh, smb, sib, sgb, sgh, sgt, sdb, sds, sdh,
+        sqb, sqt, sqh, skb, sks, skh, smb, sib, sl, sgl, sgb, sgh, sgt, sdl, sdb, sds, sdh,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
-        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr,
+        UPCAST: tl.constexpr, HAS_IDX: tl.constexpr, HAS_W: tl.constexpr, LAYERS: tl.constexpr,
     ):  # fmt: skip
         pid_s = tl.program_id(0)
         pid_bk = tl.program_id(1)
+        pid_l = tl.program_id(2).to(tl.int64)
+        q_ptr, k_ptr = _layer_ptrs(q_ptr, k_ptr, qoff_ptr, koff_ptr, pid_l, LAYERS)
+        g_ptr += pid_l * sgl
+        dk_ptr += pid_l * sdl
+        lse_ptr += pid_l * sl
+        mean_ptr += pid_l * sl
         b = (pid_bk // KVH).to(tl.int64)
         kvh = pid_bk % KVH
         offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -245,65 +268,104 @@ def _unit_d(x: torch.Tensor) -> torch.Tensor:
 
 
 class _FusedEntropyFn(torch.autograd.Function):
-    """Per-frame entropy ``[B, H, T]`` (fp32) with the fused kernels, times ``w_all · w[b]``; saves q, k, the key
-    mask and index, the weights, lse and μ."""
+    """Per-frame entropy ``[L, B, H, T]`` (fp32) of L layers in one launch, times ``w_all · w[b]``.
+
+    Inputs after the options: ``q_0 .. q_{L-1}`` ``[B, T, H, D]`` then ``k_0 .. k_{L-1}`` ``[B, S, KVH, D]`` (one
+    shape, dtype and set of strides each). Saves the q's and k's, the key mask and index, the weights, lse and μ."""
 
     @staticmethod
-    def forward(ctx, q, k, kmask, kidx, w, w_all, scale, blocks):
-        # q [B,T,H,D], k [B,S,KVH,D] (q's dtype); kmask int8 [B,n] | None; kidx int [B,n] | None; w [B] | None
+    def forward(ctx, kmask, kidx, w, w_all, scale, blocks, *qk):
+        # kmask int8 [B,n] | None; kidx int [B,n] | None; w [B] | None
+        L = len(qk) // 2
+        qs, ks = [_unit_d(x) for x in qk[:L]], [_unit_d(x) for x in qk[L:]]
+        q, qoff = _layer_table(qs)
+        k, koff = _layer_table(ks)
         B, T, H, D = q.shape
         KVH = k.shape[2]
         S = kidx.shape[1] if kidx is not None else k.shape[1]  # keys the kernels walk over
-        q, k = _unit_d(q), _unit_d(k)
-        h = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+        h = torch.empty(L, B, H, T, device=q.device, dtype=torch.float32)
         lse = torch.empty_like(h)
         mean_s = torch.empty_like(h)
         bt, bs, warps = blocks["fwd"]
-        grid = (triton.cdiv(T, bt), B * H)
+        grid = (triton.cdiv(T, bt), B * H, L)
         _entropy_fwd_kernel[grid](
-            q, k, _ptr(kmask, h), _ptr(kidx, h), _ptr(w, h), h, lse, mean_s, T, S, H, H // KVH, float(scale),
-            float(w_all), q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            _stride0(kmask), _stride0(kidx),
+            q, k, _ptr(qoff, h), _ptr(koff, h), _ptr(kmask, h), _ptr(kidx, h), _ptr(w, h), h, lse, mean_s,
+            T, S, H, H // KVH, float(scale), float(w_all),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            _stride0(kmask), _stride0(kidx), h.stride(0),
             D=D, BLOCK_T=bt, BLOCK_S=bs, HAS_MASK=kmask is not None, IEEE=q.dtype == torch.float32, UPCAST=_upcast(q),
-            HAS_IDX=kidx is not None, HAS_W=w is not None, num_warps=warps,
+            HAS_IDX=kidx is not None, HAS_W=w is not None, LAYERS=qoff is not None, num_warps=warps,
         )  # fmt: skip
         none = torch.empty(0, device=q.device)
-        ctx.save_for_backward(q, k, _or(kmask, none), _or(kidx, none), _or(w, none), lse, mean_s)
-        ctx.has = (kmask is not None, kidx is not None, w is not None)
-        ctx.scale, ctx.w_all, ctx.blocks = float(scale), float(w_all), blocks
+        opt = [_or(x, none) for x in (kmask, kidx, w, qoff, koff)]
+        # q and k: where the offsets count from; qs and ks: every layer's memory stays alive for the backward
+        ctx.save_for_backward(*opt, lse, mean_s, q, k, *qs, *ks)
+        ctx.has = tuple(x is not None for x in (kmask, kidx, w, qoff))
+        ctx.scale, ctx.w_all, ctx.blocks, ctx.L = float(scale), float(w_all), blocks, L
         return h
 
     @staticmethod
-    def backward(ctx, grad_out):  # grad_out [B, H, T]
-        q, k, kmask, kidx, w, lse, mean_s = ctx.saved_tensors
-        has_mask, has_idx, has_w = ctx.has
+    def backward(ctx, grad_out):  # grad_out [L, B, H, T]
+        kmask, kidx, w, qoff, koff, lse, mean_s, q, k, *_ = ctx.saved_tensors
+        L = ctx.L
+        has_mask, has_idx, has_w, layers = ctx.has
         kmask, kidx, w = (kmask if has_mask else None), (kidx if has_idx else None), (w if has_w else None)
+        qoff, koff = (qoff, koff) if layers else (None, None)
         B, T, H, D = q.shape
         KVH = k.shape[2]
         S = kidx.shape[1] if kidx is not None else k.shape[1]
         g = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
         ieee, upcast = q.dtype == torch.float32, _upcast(q)
-        ptrs = (_ptr(kmask, lse), _ptr(kidx, lse), _ptr(w, lse), lse, mean_s, g)
+        ptrs = (_ptr(qoff, lse), _ptr(koff, lse), _ptr(kmask, lse), _ptr(kidx, lse), _ptr(w, lse), lse, mean_s, g)
         common = (ctx.scale, ctx.w_all, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                  _stride0(kmask), _stride0(kidx), g.stride(0), g.stride(1), g.stride(2))  # fmt: skip
-        flags = dict(HAS_MASK=has_mask, IEEE=ieee, UPCAST=upcast, HAS_IDX=has_idx, HAS_W=has_w)
-        dq = dk = None
-        if ctx.needs_input_grad[0]:
-            dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # [B, T, H, D]
+                  _stride0(kmask), _stride0(kidx), lse.stride(0), g.stride(0), g.stride(1), g.stride(2), g.stride(3))  # fmt: skip
+        flags = dict(HAS_MASK=has_mask, IEEE=ieee, UPCAST=upcast, HAS_IDX=has_idx, HAS_W=has_w, LAYERS=layers)
+        need_q, need_k = any(ctx.needs_input_grad[6 : 6 + L]), any(ctx.needs_input_grad[6 + L :])
+        dqs, dks = [None] * L, [None] * L
+        if need_q:
+            dq = torch.empty((L, *q.shape), device=q.device, dtype=q.dtype)  # [L, B, T, H, D]
             bt, bs, warps = ctx.blocks["dq"]
-            _entropy_dq_kernel[(triton.cdiv(T, bt), B * H)](
-                q, k, *ptrs, dq, T, S, H, H // KVH, *common, dq.stride(0), dq.stride(1), dq.stride(2),
+            _entropy_dq_kernel[(triton.cdiv(T, bt), B * H, L)](
+                q, k, *ptrs, dq, T, S, H, H // KVH, *common, dq.stride(0), dq.stride(1), dq.stride(2), dq.stride(3),
                 D=D, BLOCK_T=bt, BLOCK_S=bs, num_warps=warps, **flags,
             )  # fmt: skip
-        if ctx.needs_input_grad[1]:
-            # [B, S, KVH, D]; with a key index the kernel writes the indexed rows only: the others stay 0
-            dk = (torch.zeros if has_idx else torch.empty)(k.shape, device=k.device, dtype=k.dtype)
+            dqs = list(dq.unbind(0))
+        if need_k:
+            # [L, B, S, KVH, D]; with a key index the kernel writes the indexed rows only: the others stay 0
+            dk = (torch.zeros if has_idx else torch.empty)((L, *k.shape), device=k.device, dtype=k.dtype)
             bt, bs, warps = ctx.blocks["dk"]
-            _entropy_dk_kernel[(triton.cdiv(S, bs), B * KVH)](
+            _entropy_dk_kernel[(triton.cdiv(S, bs), B * KVH, L)](
                 q, k, *ptrs, dk, T, S, H, KVH, H // KVH, *common, dk.stride(0), dk.stride(1), dk.stride(2),
-                D=D, BLOCK_T=bt, BLOCK_S=bs, num_warps=warps, **flags,
+                dk.stride(3), D=D, BLOCK_T=bt, BLOCK_S=bs, num_warps=warps, **flags,
             )  # fmt: skip
-        return dq, dk, None, None, None, None, None, None
+            dks = list(dk.unbind(0))
+        return (None,) * 6 + tuple(dqs) + tuple(dks)
+
+
+def _layer_table(xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(base, offsets)`` for one launch over the layers' tensors ``xs`` (one shape, dtype and set of strides):
+    layer ``l`` starts ``offsets[l] · 16`` elements after ``base`` (int64 on the device; ``None`` for one layer).
+    Tensors whose distance from ``base`` is not a multiple of 16 elements (never seen for fresh allocations) or
+    whose strides differ are stacked into one new tensor instead."""
+    base = xs[0]
+    if len(xs) == 1:
+        return base, None
+    size = base.element_size()
+    offs = []
+    for x in xs:
+        d = x.data_ptr() - base.data_ptr()
+        if x.shape != base.shape or x.stride() != base.stride() or x.dtype != base.dtype or d % (16 * size):
+            offs = None
+            break
+        offs.append(d // (16 * size))
+    if offs is None:  # one contiguous copy of all layers: layer l at l · numel (a multiple of 16: D >= 16)
+        base = torch.stack([x.contiguous() for x in xs])[0]
+        offs = [i * base.numel() // 16 for i in range(len(xs))]
+        # the stacked block stays alive through `base` (a view of it)
+    table = torch.tensor(offs, dtype=torch.int64)
+    if base.is_cuda:
+        table = table.pin_memory().to(base.device, non_blocking=True)
+    return base, table
 
 
 def _ptr(x: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
@@ -349,26 +411,67 @@ def fused_attention_entropy(
         weight: optional ``[B]`` factor per item (e.g. ``1 / log n_b`` to normalize), applied inside the kernels
             to the values and their gradients; ``weight_all``: a factor for every item.
     """
+    _check_supported(q)
+    blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
+    if k.dtype != q.dtype:
+        k = k.to(q.dtype)
+    kmask, kidx, w = _options(q, key_mask, key_index, weight)
+    return _FusedEntropyFn.apply(kmask, kidx, w, float(weight_all), float(scale), blocks, q, k)[0]
+
+
+def fused_attention_entropy_layers(
+    qs: list[torch.Tensor],
+    ks: list[torch.Tensor],
+    scale: float,
+    key_mask: torch.Tensor | None = None,
+    blocks: dict[str, tuple[int, int, int]] | None = None,
+    *,
+    key_index: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    weight_all: float = 1.0,
+) -> torch.Tensor:
+    """:func:`fused_attention_entropy` of several layers in one launch per kernel: ``[L, B, H, T]``.
+
+    ``qs[l]`` ``[B, T, H, D]`` and ``ks[l]`` ``[B, S, KVH, D]`` are layer ``l``'s queries and keys (all layers
+    of one shape and dtype); the other arguments are shared by all layers. The kernels read every layer's tensors
+    in place through a table of offsets (no stacked copy); gradients flow to each ``qs[l]`` and ``ks[l]``.
+    """
+    if not qs or len(qs) != len(ks):
+        raise ValueError(f"need one key tensor per query tensor, at least one; got {len(qs)} and {len(ks)}")
+    _check_supported(qs[0])
+    blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
+    dt = qs[0].dtype
+    for i, (q, k) in enumerate(zip(qs, ks)):
+        if q.shape != qs[0].shape or k.shape != ks[0].shape or q.dtype != dt or q.device != qs[0].device:
+            raise ValueError(
+                f"layer {i}: q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} differ from layer 0's "
+                f"q {tuple(qs[0].shape)} {dt}, k {tuple(ks[0].shape)}: one launch needs one shape and dtype"
+            )
+    ks = [k if k.dtype == dt else k.to(dt) for k in ks]
+    kmask, kidx, w = _options(qs[0], key_mask, key_index, weight)
+    return _FusedEntropyFn.apply(kmask, kidx, w, float(weight_all), float(scale), blocks, *qs, *ks)
+
+
+def _check_supported(q: torch.Tensor) -> None:
     if not fused_entropy_supported(q):
         raise ValueError(
             f"the fused entropy kernels need Triton, a CUDA tensor (or TRITON_INTERPRET=1), dtype bf16/fp16/fp32 "
             f"and a power-of-2 head_dim in [16, 256]; got {q.dtype} {tuple(q.shape)} on {q.device} "
             f"(Triton {'found' if HAVE_TRITON else 'missing'})"
         )
-    blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
-    if k.dtype != q.dtype:
-        k = k.to(q.dtype)
-    kmask = None
+
+
+def _options(q: torch.Tensor, key_mask, key_index, weight):
+    """Key mask (int8), key index and item weights on ``q``'s device, unit stride along the last dim."""
+    kmask = kidx = w = None
     if key_mask is not None:
         kmask = key_mask.to(device=q.device, dtype=torch.int8)
         if kmask.stride(1) != 1:
             kmask = kmask.contiguous()
-    kidx = None
     if key_index is not None:
         kidx = key_index.to(device=q.device)
         if kidx.stride(1) != 1:
             kidx = kidx.contiguous()
-    w = None
     if weight is not None:
         w = weight.to(device=q.device).contiguous()
-    return _FusedEntropyFn.apply(q, k, kmask, kidx, w, float(weight_all), float(scale), blocks)
+    return kmask, kidx, w

@@ -211,6 +211,13 @@ def test_fused_v2_block_shapes_and_batched_layers(cfg, bf16_dot):
         ref, _ = reduce_reference(q[li][:, :, heads], k[li], 0.25, heads // 2, onehot, lidx, nl)
         _check({n: v[li + 1] for n, v in out.items()}, ref, (cfg, li))
     assert torch.all(out["entropy"][0] == -7.0) and torch.all(out["argmax"][0] == -7)
+    # the layers as separate tensors, read in place through an offset table: bitwise the stacked launch's results
+    qs = [c[0].to(DEV) for c in cases]
+    ks = [c[1].to(DEV) for c in cases]
+    listed = {n: torch.full_like(v, -7) for n, v in out.items()}
+    reduce_fused(qs, ks, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=listed, slot=1, config=config)
+    for n in out:
+        assert torch.equal(listed[n], out[n]), n
 
 
 def test_key_plan_and_head_table():
@@ -263,16 +270,33 @@ def test_capture_fused_equals_reference_on_a_transformer():
     )
     kw = {k: v.to(DEV) for k, v in kw.items()}
     layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
-    for layers, budget in (([1], 128 << 20), (None, 128 << 20), (None, 0)):  # one layer; layers batched; per layer
+    import attnlens.captures.session as sess
+
+    launches = []
+    real = sess.reduce_fused
+
+    def counted(q, *a, **kw):
+        launches.append(len(q) if isinstance(q, list) else 1)
+        return real(q, *a, **kw)
+
+    # (layers, stash budget, layers per launch): one layer; both in one launch (also when listed out of the model's
+    # order); a budget of 0 flushes every layer on its own
+    cases = (([1], 128 << 20, [1]), (None, 128 << 20, [2]), ([1, 0], 128 << 20, [2]), (None, 0, [1, 1]))
+    for layers, budget, per_launch in cases:
         caps = {}
         for red in ("reference", "fused"):
             session = al.capture(tr, layers=layers, heads=[0, 7, 15], layout=layout, reducer=red)
             session.stash_budget_bytes = budget
-            with session as cap, torch.no_grad():
-                tr(**kw)
+            launches.clear()
+            sess.reduce_fused = counted
+            try:
+                with session as cap, torch.no_grad():
+                    tr(**kw)
+            finally:
+                sess.reduce_fused = real
             caps[red] = cap
             if red == "fused":
-                assert session._batch_layers == (layers is None and budget > 0)
+                assert launches == per_launch, (layers, budget, launches)
         assert caps["fused"].meta["reducer"] == "fused" and caps["reference"].meta["reducer"] == "reference"
         for name, ref in caps["reference"].stats.items():
             got = caps["fused"].stats[name]

@@ -142,7 +142,7 @@ class CaptureSession:
         self._fused: bool | None = None
         self._done: set[tuple[int, int]] = set()
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._batch_layers = False
+        self._stash_bytes = self._step_seen = 0
         self._maps_host: _HostBlock | None = None
         self._copy_stream: Any = None  # CUDA side stream for device -> host copies
         self.stash_budget_bytes = 64 << 20
@@ -360,22 +360,19 @@ class CaptureSession:
         if self._fused:
             if len(self._step_bufs) <= self._step_pos:
                 self._new_step_buffers(q)
-                self._batch_layers = self._stash_fits(q, k)
+                self._stash_bytes = self._step_seen = 0
             if self.maps_mode is not False:  # maps for the selected heads: softmax(scale q kᵀ) in fp32
                 with torch.no_grad():
                     qs = q.detach().index_select(2, self._q_index)
                     maps = probabilities(qs, expand_kv(k.detach(), self._kv_index), self.adapter.facts.scale)
                 self._keep_map(li, maps)
-            if self._batch_layers:  # short clips: one launch per step for all layers (launch-bound regime)
-                self._stash[li] = (q.detach(), k.detach())
-                if len(self._stash) == len(self.layers):
-                    self._flush_stash()
-                return
-            _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
-            f = self.adapter.facts
-            out = self._step_bufs[self._step_pos]
-            reduce_fused(q, k, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=out, slot=li)
-            self._done.add((self._step_pos, li))
+            # layers wait in a stash and go to the kernel together (one launch for many layers: the loop is bound
+            # by kernel launches on the host); the stash holds at most `stash_budget_bytes` of their q and k
+            self._stash[li] = (q.detach(), k.detach())
+            self._stash_bytes += (q.numel() + k.numel()) * q.element_size()
+            self._step_seen += 1
+            if self._stash_bytes >= self.stash_budget_bytes or self._step_seen == len(self.layers):
+                self._flush_stash()
             return
         _, onehot, lyr_index, n_lyric = self._layout_cache[:4]
         keep_maps = self.maps_mode is not False
@@ -430,21 +427,26 @@ class CaptureSession:
         for t in tensors:
             t.record_stream(side)
 
-    def _stash_fits(self, q: torch.Tensor, k: torch.Tensor) -> bool:
-        """Batch all layers of a step into one launch when holding their Q/K costs little memory."""
-        nbytes = len(self.layers) * (q.numel() + k.numel()) * q.element_size()
-        return len(self.layers) > 1 and nbytes <= self.stash_budget_bytes
-
     def _flush_stash(self) -> None:
+        """Run the kernel over the stashed layers: one launch per run of consecutive slots (layers arrive in the
+        model's order; a selection listed out of order can split a stash)."""
         _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
         f = self.adapter.facts
-        qs = torch.stack([self._stash[i][0] for i in range(len(self.layers))])  # [L, B, T, H, D]
-        ks = torch.stack([self._stash[i][1] for i in range(len(self.layers))])  # [L, B, S, KVH, D]
+        out = self._step_bufs[self._step_pos]
+        slots = sorted(self._stash)
+        runs: list[list[int]] = []
+        for li in slots:
+            if runs and li == runs[-1][-1] + 1:
+                runs[-1].append(li)
+            else:
+                runs.append([li])
+        for run in runs:
+            qs = [self._stash[li][0] for li in run]
+            ks = [self._stash[li][1] for li in run]
+            reduce_fused(qs, ks, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=out, slot=run[0])
+        self._done.update((self._step_pos, li) for li in slots)
         self._stash.clear()
-        reduce_fused(
-            qs, ks, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=self._step_bufs[self._step_pos]
-        )
-        self._done.update((self._step_pos, i) for i in range(len(self.layers)))
+        self._stash_bytes = 0
 
     def _new_step_buffers(self, q: torch.Tensor) -> None:
         """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer."""

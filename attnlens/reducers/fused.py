@@ -52,6 +52,8 @@ from typing import Literal
 
 import torch
 
+from .layer_table import layer_table
+
 try:  # Triton is optional: CUDA builds of torch bring it
     import triton
     import triton.language as tl
@@ -618,17 +620,21 @@ if HAVE_TRITON:
     # (positions into heads), its rows stacked head after head.
     @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "S_pad", "NB", "H", "KVH", "n_sel", "n_prog", "group"])
     def _stats_kernel_v2(
-        q_ptr, k_ptr, ord_ptr, seg_ptr, lid_ptr, desc_ptr, nblk_ptr, nlyr_ptr, heads_ptr, tab_ptr,
+        q_ptr, k_ptr, qoff_ptr, koff_ptr, ord_ptr, seg_ptr, lid_ptr, desc_ptr, nblk_ptr, nlyr_ptr, heads_ptr, tab_ptr,
         ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
         out_off, B, T, S, S_pad, NB, H, KVH, n_sel, n_prog, group, scale, c, inv_log_s,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
-        EXP2: tl.constexpr, LYR: tl.constexpr, ORDER: tl.constexpr, ARGMAX: tl.constexpr,
+        EXP2: tl.constexpr, LYR: tl.constexpr, ORDER: tl.constexpr, ARGMAX: tl.constexpr, LAYERS: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
         pid_l = tl.program_id(2)
-        q_ptr += pid_l.to(tl.int64) * B * T * H * D
-        k_ptr += pid_l.to(tl.int64) * B * S * KVH * D
+        if LAYERS:  # layer l's q and k in place: offsets in units of 16 elements (layer_table)
+            q_ptr += tl.load(qoff_ptr + pid_l) * 16
+            k_ptr += tl.load(koff_ptr + pid_l) * 16
+        else:  # stacked layers
+            q_ptr += pid_l.to(tl.int64) * B * T * H * D
+            k_ptr += pid_l.to(tl.int64) * B * S * KVH * D
         out_off += pid_l * B * n_sel * T
         b = pid_bh // n_prog
         gi = pid_bh % n_prog
@@ -726,8 +732,8 @@ def _launch_plan(
 
 
 def reduce_fused(
-    q: torch.Tensor,
-    k: torch.Tensor,
+    q: torch.Tensor | list[torch.Tensor],
+    k: torch.Tensor | list[torch.Tensor],
     scale: float,
     heads: torch.Tensor,
     group: int,
@@ -744,8 +750,9 @@ def reduce_fused(
     """Per-frame statistics with the fused kernel.
 
     q: ``[B, T, H, D]`` (all heads; ``heads`` selects, int32 ``[h]``), k: ``[B, S, KVH, D]``, seg_codes and
-    lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Several layers in one launch: q ``[L, B, T, H, D]`` and
-    k ``[L, B, S, KVH, D]``, written to slots ``slot .. slot + L - 1``. Results go to ``out[name][slot]`` when
+    lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Several layers in one launch: lists of L query and L key
+    tensors of one shape (read in place through a :func:`~attnlens.reducers.layer_table.layer_table`), or stacked
+    q ``[L, B, T, H, D]`` and k ``[L, B, S, KVH, D]``, written to slots ``slot .. slot + L - 1``. Results go to ``out[name][slot]`` when
     ``out`` holds contiguous buffers ``[n, B, h, T(, 5)]`` (a whole step's layers), else to new tensors
     ``[B, h, T(, 5)]``. Returns the dict of output tensors.
 
@@ -763,12 +770,23 @@ def reduce_fused(
         cfg = config
     if cfg.kernel == "v2" and not scale > 0:
         cfg = replace(FusedConfig(), **{f: getattr(cfg, f) for f in ("block_t", "block_s", "num_warps", "num_stages")})
-    n_layers = q.shape[0] if q.ndim == 5 else 1
+    qoff = koff = None
+    if isinstance(q, (list, tuple)):  # one launch over several layers' tensors, read in place
+        if len(q) != len(k) or not q:
+            raise ValueError(f"need one key tensor per query tensor; got {len(q)} and {len(k)}")
+        if cfg.kernel == "v1":
+            q, k = torch.stack(list(q)), torch.stack(list(k))
+        else:
+            n_layers = len(q)
+            q, qoff = layer_table([x if x.is_contiguous() else x.contiguous() for x in q])
+            k, koff = layer_table([x if x.is_contiguous() else x.contiguous() for x in k])
+    if qoff is None:
+        n_layers = q.shape[0] if q.ndim == 5 else 1
     B, T, H, D = q.shape[-4:]
     S, KVH = k.shape[-3], k.shape[-2]
     h = heads.numel()
     if out is None:
-        dev, lead = q.device, ((n_layers,) if q.ndim == 5 else ())
+        dev, lead = q.device, ((n_layers,) if n_layers > 1 or q.ndim == 5 else ())
         out = {
             "entropy": torch.empty(*lead, B, h, T, device=dev, dtype=torch.float32),
             "mass": torch.empty(*lead, B, h, T, 5, device=dev, dtype=torch.float32),
@@ -802,11 +820,12 @@ def reduce_fused(
     s_pad, nb = plan.order.shape[1], plan.desc.shape[1]
     grid = ((T + bt - 1) // bt, B * n_prog, n_layers)
     _stats_kernel_v2[grid](
-        q, k, plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab,
+        q, k, qoff if qoff is not None else q, koff if koff is not None else k, plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab,
         out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
         slot * B * h * T, B, T, S, s_pad, nb, H, KVH, h, n_prog, group,
         float(scale), float(scale) * math.log2(math.e), inv_log_s,
         D=D, BLOCK_T=bt, BLOCK_S=bs, G=G, IEEE=q.dtype == torch.float32,
-        EXP2=cfg.exp2, LYR=_LYRIC_CODE[cfg.lyric], ORDER=cfg.order, ARGMAX=_ARGMAX_CODE[cfg.argmax], **launch,
+        EXP2=cfg.exp2, LYR=_LYRIC_CODE[cfg.lyric], ORDER=cfg.order, ARGMAX=_ARGMAX_CODE[cfg.argmax],
+        LAYERS=qoff is not None, **launch,
     )  # fmt: skip
     return out

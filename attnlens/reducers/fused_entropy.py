@@ -38,6 +38,8 @@ import os
 
 import torch
 
+from .layer_table import layer_table
+
 try:  # Triton is optional: CUDA builds of torch bring it
     import triton
     import triton.language as tl
@@ -101,7 +103,7 @@ if HAVE_TRITON:
     def _layer_ptrs(q_ptr, k_ptr, qoff_ptr, koff_ptr, pid_l, LAYERS: tl.constexpr):
         """Layer ``pid_l``'s q and k: ``qoff[l] · 16`` and ``koff[l] · 16`` elements on (with LAYERS)."""
         if LAYERS:
-            q_ptr += tl.load(qoff_ptr + pid_l) * 16
+            q_ptr += tl.load(qoff_ptr + pid_l) * 16  # layer_table.UNIT
             k_ptr += tl.load(koff_ptr + pid_l) * 16
         return q_ptr, k_ptr
 
@@ -278,8 +280,8 @@ class _FusedEntropyFn(torch.autograd.Function):
         # kmask int8 [B,n] | None; kidx int [B,n] | None; w [B] | None
         L = len(qk) // 2
         qs, ks = [_unit_d(x) for x in qk[:L]], [_unit_d(x) for x in qk[L:]]
-        q, qoff = _layer_table(qs)
-        k, koff = _layer_table(ks)
+        q, qoff = layer_table(qs)
+        k, koff = layer_table(ks)
         B, T, H, D = q.shape
         KVH = k.shape[2]
         S = kidx.shape[1] if kidx is not None else k.shape[1]  # keys the kernels walk over
@@ -340,32 +342,6 @@ class _FusedEntropyFn(torch.autograd.Function):
             )  # fmt: skip
             dks = list(dk.unbind(0))
         return (None,) * 6 + tuple(dqs) + tuple(dks)
-
-
-def _layer_table(xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(base, offsets)`` for one launch over the layers' tensors ``xs`` (one shape, dtype and set of strides):
-    layer ``l`` starts ``offsets[l] · 16`` elements after ``base`` (int64 on the device; ``None`` for one layer).
-    Tensors whose distance from ``base`` is not a multiple of 16 elements (never seen for fresh allocations) or
-    whose strides differ are stacked into one new tensor instead."""
-    base = xs[0]
-    if len(xs) == 1:
-        return base, None
-    size = base.element_size()
-    offs = []
-    for x in xs:
-        d = x.data_ptr() - base.data_ptr()
-        if x.shape != base.shape or x.stride() != base.stride() or x.dtype != base.dtype or d % (16 * size):
-            offs = None
-            break
-        offs.append(d // (16 * size))
-    if offs is None:  # one contiguous copy of all layers: layer l at l · numel (a multiple of 16: D >= 16)
-        base = torch.stack([x.contiguous() for x in xs])[0]
-        offs = [i * base.numel() // 16 for i in range(len(xs))]
-        # the stacked block stays alive through `base` (a view of it)
-    table = torch.tensor(offs, dtype=torch.int64)
-    if base.is_cuda:
-        table = table.pin_memory().to(base.device, non_blocking=True)
-    return base, table
 
 
 def _ptr(x: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:

@@ -150,17 +150,19 @@ def test_penalty_gradient_same_with_gradient_checkpointing(pipe, impl):
     import attnlens as al
     from attnlens.train.conditioning import context_latents, encode_condition
 
-    if impl == "fused":  # the kernels need a power-of-2 head_dim >= 16
+    dev = "cpu"
+    if impl == "fused":  # the kernels need a power-of-2 head_dim >= 16, and CUDA where there is one
         pytest.importorskip("triton")
-        pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2))
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2)).to(dev)
 
     cond = encode_condition(pipe, ["soft pop"], ["[verse]\nhello there my friend\nsing along"], 2.0)
     T = 24
-    x = torch.randn(1, T, 8, generator=torch.Generator().manual_seed(1))
-    t = torch.full((1,), 0.6)
-    ctx = context_latents(pipe, 1, T, "cpu", torch.float32)
+    x = torch.randn(1, T, 8, generator=torch.Generator().manual_seed(1)).to(dev)
+    t = torch.full((1,), 0.6, device=dev)
+    ctx = context_latents(pipe, 1, T, dev, torch.float32)
     tr = pipe.transformer
-    kw = dict(hidden_states=x, timestep=t, timestep_r=t, encoder_hidden_states=cond.encoder_hidden_states,
+    kw = dict(hidden_states=x, timestep=t, timestep_r=t, encoder_hidden_states=cond.encoder_hidden_states.to(dev),
               context_latents=ctx, return_dict=False)  # fmt: skip
     params = [p for n, p in tr.named_parameters() if "cross_attn" in n and ("to_q" in n or "to_k" in n)]
     assert params

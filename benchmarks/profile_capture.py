@@ -1,0 +1,86 @@
+"""Where a capture's time goes on the host: cProfile of the 8-step loop with and without ``al.capture``.
+
+Full-size DiT (random weights, bf16) as in ``bench_capture.py``. Prints, for ``--seconds`` of audio, the wall time
+of the plain loop and of a capture (median of ``--n``), the capture's pinned host memory, and the functions with
+the most own time in ``--n`` captures (cProfile), attnlens functions separately.
+
+    python benchmarks/profile_capture.py --seconds 60
+    python benchmarks/profile_capture.py --small          # tiny config on the CPU: checks that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_capture import build_model, layout_for, loop, make_inputs  # noqa: E402
+
+import attnlens as al  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available() and not args.small
+    dev = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    keys = 64 if args.small else 769
+    model = build_model(args.small, dev, dtype)
+    inp = make_inputs(model, 4 if args.small else args.seconds, keys, dev, dtype)
+    layout = layout_for(keys)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def plain():
+        loop(model, inp)
+        sync()
+
+    def captured():
+        with al.capture(model, layout=layout, num_steps=8) as cap:
+            loop(model, inp)
+        sync()
+        return cap
+
+    cap = captured()
+    plain()
+    pinned = sum(t.numel() * t.element_size() for t in cap.stats.values() if t.is_pinned())
+    times = {"plain": [], "capture": []}
+    for _ in range(args.n):
+        for name, fn in (("plain", plain), ("capture", captured)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"audio {args.seconds} s on {torch.cuda.get_device_name() if cuda else 'cpu'}: plain {med['plain'] * 1e3:.1f} ms, "
+          f"capture {med['capture'] * 1e3:.1f} ms ({med['capture'] / med['plain']:.3f}x); "
+          f"pinned statistics per capture {pinned / 2**20:.1f} MiB")  # fmt: skip
+    for name, fn in (("plain", plain), ("capture", captured)):
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.n):
+            fn()
+        prof.disable()
+        out = io.StringIO()
+        st = pstats.Stats(prof, stream=out)
+        st.sort_stats("tottime").print_stats(args.top)
+        if name == "capture":
+            st.sort_stats("cumtime").print_stats("attnlens", args.top)
+        print(f"==== {name}: {args.n} runs\n" + "\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,10 @@ backward: ``q``, ``k``, the key mask and index, the item weights, ``lse`` and ``
 A key subset (the lyric-only penalty) is read in place through a key index ``[B, n]`` (row ``index[b, j]`` of
 ``k``): no gathered copy of ``k`` and no scatter of its gradient, whose other rows stay 0. The normalization
 ``1 / log n_b`` is a per-item weight applied inside the kernels (to ``H`` and to ``g``), so no extra kernels run
-for it.
+for it. :func:`fused_attention_entropy_layers` runs all layers of a training step in one launch per kernel (grid
+axis 2 = layer), reading each layer's q and k in place through an offset table
+(:mod:`attnlens.reducers.layer_table`): a step bound by kernel launches on the host pays three launches for the
+penalty instead of three per layer.
 
 Products use ``tl.dot`` with fp32 accumulation: bf16/fp16 inputs multiply in their own dtype (as the attention
 kernel; ``gs`` is rounded to that dtype for the gradient products, as in the PyTorch path), fp32 inputs with IEEE
@@ -299,7 +302,7 @@ class _FusedEntropyFn(torch.autograd.Function):
             HAS_IDX=kidx is not None, HAS_W=w is not None, LAYERS=qoff is not None, num_warps=warps,
         )  # fmt: skip
         none = torch.empty(0, device=q.device)
-        opt = [_or(x, none) for x in (kmask, kidx, w, qoff, koff)]
+        opt = [_ptr(x, none) for x in (kmask, kidx, w, qoff, koff)]
         # q and k: where the offsets count from; qs and ks: every layer's memory stays alive for the backward
         ctx.save_for_backward(*opt, lse, mean_s, q, k, *qs, *ks)
         ctx.has = tuple(x is not None for x in (kmask, kidx, w, qoff))
@@ -345,11 +348,8 @@ class _FusedEntropyFn(torch.autograd.Function):
 
 
 def _ptr(x: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
-    return x if x is not None else dummy  # a dummy pointer for an absent optional input (never read)
-
-
-def _or(x: torch.Tensor | None, none: torch.Tensor) -> torch.Tensor:
-    return x if x is not None else none
+    """``x``, or a stand-in for an absent optional tensor (a pointer the kernels never read, an unused slot)."""
+    return x if x is not None else dummy
 
 
 def _stride0(x: torch.Tensor | None) -> int:

@@ -29,6 +29,7 @@ from ..adapters.acestep_layout import LayoutRecorder
 from ..reducers.fused import fused_available, reduce_fused
 from ..reducers.stats import expand_kv, probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
+from ..taps.query_key import tap_query_key
 from .layout import ItemLayout, Layout
 from .result import STAT_NAMES, Capture
 
@@ -128,7 +129,6 @@ class CaptureSession:
         self._step = -1
         self._active = False
         self._step_pos = -1
-        self._q: dict[int, torch.Tensor] = {}
         self._parts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._maps: dict[tuple[int, int], torch.Tensor] = {}
         self._map_sum: dict[int, torch.Tensor] = {}
@@ -164,9 +164,7 @@ class CaptureSession:
             self.hooks.forward_pre(tr, self._on_step_begin, with_kwargs=True)
             self.hooks.forward(tr, self._on_step_end, always_call=True)
             for layer in self.layers:
-                qm, km = self.adapter.query_key_modules(layer)
-                self.hooks.forward(qm, self._make_q_hook(layer))
-                self.hooks.forward(km, self._make_k_hook(layer))
+                tap_query_key(self.hooks, self.adapter, layer, self._reduce, self._is_active)
             if self.recorder is not None:
                 self.recorder.attach(self.hooks)
         except BaseException:
@@ -190,7 +188,6 @@ class CaptureSession:
                 delattr(self.adapter.transformer, _ACTIVE_ATTR)
 
     def _release(self) -> None:
-        self._q.clear()
         self._parts.clear()
         self._maps.clear()
         self._map_sum.clear()
@@ -255,7 +252,6 @@ class CaptureSession:
         if self._active and self._step_bufs and len(self._step_bufs) > self._step_pos:
             self._offload_step(self._step_pos)
         self._active = False
-        self._q.clear()
 
     def _offload_step(self, pos: int) -> None:
         """Move a finished step's statistics to (pinned) CPU memory without waiting: GPU memory stays flat."""
@@ -322,23 +318,8 @@ class CaptureSession:
             )
 
     # ------------------------------------------------------------- reducers
-    def _make_q_hook(self, layer: int):
-        def on_query(module, args, output):
-            if self._active:
-                self._q[layer] = output
-
-        on_query.__qualname__ = f"capture.query[{layer}]"
-        return on_query
-
-    def _make_k_hook(self, layer: int):
-        def on_key(module, args, output):
-            if not self._active or layer not in self._q:
-                return
-            q = self._q.pop(layer)
-            self._reduce(layer, q, output)
-
-        on_key.__qualname__ = f"capture.key[{layer}]"
-        return on_key
+    def _is_active(self) -> bool:
+        return self._active
 
     def _use_fused(self, q: torch.Tensor) -> bool:
         if self.reducer == "reference" or not self.keep_stats:

@@ -189,14 +189,13 @@ class HeadGuide:
         self.pos = torch.as_tensor(lyric_pos, dtype=torch.long)
         self.targets = targets  # [B, T_dit]
         self.hooks = HookSet()
-        self._q: torch.Tensor | None = None
         self.loss: torch.Tensor | None = None
 
     def __enter__(self) -> HeadGuide:
-        qm, km = self.adapter.query_key_modules(self.layer)
+        from attnlens.taps.query_key import tap_query_key
+
         try:
-            self.hooks.forward(qm, self._on_q)
-            self.hooks.forward(km, self._on_k)
+            tap_query_key(self.hooks, self.adapter, self.layer, self._on_pair, lambda: self.loss is None)
         except BaseException:
             self.hooks.remove()
             raise
@@ -204,22 +203,15 @@ class HeadGuide:
 
     def __exit__(self, *exc) -> None:
         self.hooks.remove()
-        self._q = None
 
-    def _on_q(self, module, args, output):
-        self._q = output  # [B, T, H, D]
-
-    def _on_k(self, module, args, output):  # [B, S, KVH, D]
-        if self._q is None or self.loss is not None:
-            return
-        q = self._q[:, :, self.head].float()  # [B, T, D]
-        k = output[:, self.pos.to(output.device), self.kvh].float()  # [B, n, D]
+    def _on_pair(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:  # q [B, T, H, D], k [B, S, KVH, D]
+        q = q[:, :, self.head].float()  # [B, T, D]
+        k = k[:, self.pos.to(k.device), self.kvh].float()  # [B, n, D]
         logp = torch.log_softmax(torch.einsum("btd,bnd->btn", q, k) * self.scale, dim=-1)  # [B, T, n]
         tgt = self.targets.to(logp.device)
         ok = tgt >= 0
         picked = logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]  # [B, T]
         self.loss = -(picked * ok).sum() / ok.sum().clamp(min=1)
-        self._q = None
 
 
 def _to(x: torch.Tensor | None, dev: Any) -> torch.Tensor | None:

@@ -41,6 +41,7 @@ import torch
 
 from ..adapters import adapter_for
 from ..taps.hooks import HookSet
+from ..taps.query_key import tap_query_key
 from .fused_entropy import fused_attention_entropy, fused_attention_entropy_layers, fused_entropy_supported
 
 KeysMode = Literal["all", "lyrics"]
@@ -339,7 +340,6 @@ class EntropyTap:
         self.lyric_positions = lyric_positions
         self.chunk_bytes = chunk_bytes
         self.hooks = HookSet()
-        self._q: dict[int, torch.Tensor] = {}
         self._qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (q, k) of this forward call
         self._impl: dict[int, str] = {}  # layer -> implementation resolved for it
         self._result: torch.Tensor | None = None  # per-layer means, computed on first request
@@ -350,52 +350,31 @@ class EntropyTap:
     def __enter__(self) -> EntropyTap:
         try:
             self.hooks.forward_pre(self.adapter.transformer, self._on_call)
-            for layer in self.layers:
-                qm, km = self.adapter.query_key_modules(layer)
-                self.hooks.forward(qm, self._q_hook(layer))
-                self.hooks.forward(km, self._k_hook(layer))
+            for layer in self.layers:  # only the first evaluation of a layer in a forward call is kept
+                tap_query_key(self.hooks, self.adapter, layer, self._on_pair, lambda layer=layer: layer not in self._qk)
         except BaseException:
             self.hooks.remove()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.hooks.remove()
-        finally:
-            self._q.clear()
+        self.hooks.remove()
 
     def _on_call(self, module, args):
         self._qk, self._impl, self._result = {}, {}, None
-        self._q.clear()
 
-    def _q_hook(self, layer: int):
-        def on_query(module, args, output):
-            if layer not in self._qk:
-                self._q[layer] = output
-
-        on_query.__qualname__ = f"entropy_tap.query[{layer}]"
-        return on_query
-
-    def _k_hook(self, layer: int):
-        def on_key(module, args, output):
-            if layer in self._qk or layer not in self._q:
-                return
-            q = self._q.pop(layer)
-            impl = "naive"
-            if self.impl != "naive":  # same checks as attention_entropy, in the same order
-                _check_qk(q, output)
-                impl = resolve_impl(q, self.impl)
-            if self.keys == "lyrics":
-                self._prepare_lyric_keys(output)
-            elif impl != "naive" and output.shape[1] < 2:
-                raise ValueError(f"entropy needs at least 2 keys; got S={output.shape[1]}")
-            self._qk[layer] = (q, output)  # computed when the values are asked for: all layers at once
-            self._impl[layer] = impl
-            self._result = None
-
-        on_key.__qualname__ = f"entropy_tap.key[{layer}]"
-        return on_key
+    def _on_pair(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
+        impl = "naive"
+        if self.impl != "naive":  # same checks as attention_entropy, in the same order
+            _check_qk(q, k)
+            impl = resolve_impl(q, self.impl)
+        if self.keys == "lyrics":
+            self._prepare_lyric_keys(k)
+        elif impl != "naive" and k.shape[1] < 2:
+            raise ValueError(f"entropy needs at least 2 keys; got S={k.shape[1]}")
+        self._qk[layer] = (q, k)  # computed when the values are asked for: all layers at once
+        self._impl[layer] = impl
+        self._result = None
 
     def _compute(self) -> torch.Tensor:
         """Mean normalized entropy per selected layer ``[layer]``: the fused kernels take every layer in one launch

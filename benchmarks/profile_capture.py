@@ -5,7 +5,12 @@ of the plain loop and of a capture (median of ``--n``), the capture's pinned hos
 the most own time in ``--n`` captures (cProfile), attnlens functions separately.
 
     python benchmarks/profile_capture.py --seconds 60
+    python benchmarks/profile_capture.py --seconds 60 --timeline   # + torch.profiler: kernels, launches, GPU idle
     python benchmarks/profile_capture.py --small          # tiny config on the CPU: checks that it runs
+
+``--timeline`` runs one plain loop and one capture under ``torch.profiler`` and prints, for each, the number of
+kernel launches, the GPU's busy time (sum of kernel and copy durations) against the wall time, and the top kernels
+by GPU time, so that host-bound and GPU-bound costs can be told apart.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--timeline", action="store_true", help="also profile one run of each with torch.profiler")
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.small
     dev = "cuda" if cuda else "cpu"
@@ -80,6 +86,28 @@ def main() -> None:
         if name == "capture":
             st.sort_stats("cumtime").print_stats("attnlens", args.top)
         print(f"==== {name}: {args.n} runs\n" + "\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+    if args.timeline:
+        for name, fn in (("plain", plain), ("capture", captured)):
+            timeline(name, fn, cuda, args.top)
+
+
+def timeline(name: str, fn, cuda: bool, top: int) -> None:
+    """One run under torch.profiler: launches, GPU busy time against wall time, top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        fn()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
+    # device-side events only (kernels, copies, memsets): operators report their kernels' time as well
+    gpu_us = sum(e.self_device_time_total for e in events if str(getattr(e, "device_type", "")).endswith("CUDA"))
+    print(f"==== timeline {name}: wall {wall * 1e3:.1f} ms (profiled), kernel launches {launches}, "
+          f"GPU busy {gpu_us / 1e3:.1f} ms")  # fmt: skip
+    print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=top,
+                       max_name_column_width=60))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Full-size ``AceStepTransformer1DModel`` (24 layers, hidden 2048, 16 heads / 8 KV
     capture_stats_reference   the same with reducer="reference" (chunked PyTorch, fp32)
     capture_maps_16_heads     full maps for 16 (layer, head) pairs (layers 2-5 x heads 6, 8, 10, 11) on the CPU
 
+Diagnostics (not run by default): ``diag_noop_kernel`` (the statistics kernel replaced by a no-op),
+``diag_no_offload`` (no copies to the host), ``diag_hooks_only`` (hooks and step bookkeeping; q and k dropped).
+
 Cases are interleaved in a shuffled order per round and each ratio is the median over rounds of the case's time
 over the baseline's time in the same round (baseline: mean of ``plain`` and ``plain_again``), with a bootstrap 95 %
 interval (``benchmarks/_timing.py``).
@@ -92,19 +95,25 @@ def layout_for(n_keys: int) -> ItemLayout:
 def run_case(case: str, model, inp, layout, device: str):
     if case in ("plain", "plain_again"):  # plain_again: the same loop timed twice shows the noise floor
         return loop(model, inp), None
-    if case in ("diag_noop_kernel", "diag_no_offload"):  # diagnostics: where the overhead goes
+    if case.startswith("diag_"):  # diagnostics: where the overhead goes
         import attnlens.captures.session as sess
 
-        saved = (sess.reduce_fused, sess.CaptureSession._offload_step)
-        if case == "diag_noop_kernel":
+        saved = (sess.reduce_fused, sess.CaptureSession._offload_step, sess.CaptureSession._reduce)
+        stats = True
+        if case == "diag_noop_kernel":  # everything but the kernel
             sess.reduce_fused = lambda *a, **k: None
-        else:
+        elif case == "diag_no_offload":  # everything but the copies to the host
             sess.CaptureSession._offload_step = lambda self, pos: None
+        elif case == "diag_hooks_only":  # the hooks and the step bookkeeping; q and k dropped at once
+            sess.CaptureSession._reduce = lambda self, layer, q, k: None
+            stats = False
+        else:
+            raise ValueError(f"unknown diagnostic case {case!r}")
         try:
-            with al.capture(model, layout=layout, num_steps=8) as cap:
+            with sess.CaptureSession(model, layout=layout, num_steps=8, stats=stats) as cap:
                 out = loop(model, inp)
         finally:
-            sess.reduce_fused, sess.CaptureSession._offload_step = saved
+            sess.reduce_fused, sess.CaptureSession._offload_step, sess.CaptureSession._reduce = saved
         return out, cap
     kw = {"layout": layout, "num_steps": 8}
     if case == "capture_stats_reference":

@@ -79,7 +79,11 @@ def paired_ratio(case: Sequence[float], base: Sequence[float], draws: int = 2000
 
 
 def baseline(times: dict[str, list[float]], names: Sequence[str] = ("plain", "plain_again")) -> list[float]:
-    """Per-round baseline: the mean of the baseline cases that ran (two timings of the same loop halve its noise)."""
+    """Per-round baseline: the mean of the baseline cases that ran (two timings of the same loop halve its noise).
+
+    The baseline cases themselves are reported against each other, not against this mean (which contains them).
+    A ratio of one timing to another varies a little more than a case's ratio to the mean of two (variance
+    2σ² against 1.5σ² for independent timings), so the noise floor printed that way is a conservative one."""
     cols = [times[n] for n in names if n in times]
     if not cols:
         raise ValueError(f"no baseline case among {list(names)}")

@@ -133,8 +133,10 @@ def measure(cases, model, inp, layout, device, rounds):
     for c in cases:  # warm-up (compiles kernels)
         run_case(c, model, inp, layout, device)
 
+    fresh = {}
+
     def run(case):
-        out, caps[case] = run_case(case, model, inp, layout, device)
+        out, fresh[case] = run_case(case, model, inp, layout, device)  # the previous capture is freed in after()
         return out
 
     def before(case):
@@ -144,6 +146,7 @@ def measure(cases, model, inp, layout, device, rounds):
     def after(case):
         if cuda:
             peaks[case] = max(peaks[case], torch.cuda.max_memory_allocated())
+        caps[case] = fresh.pop(case)
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = interleaved_times(cases, run, rounds, sync=sync, before=before, after=after)
@@ -190,8 +193,10 @@ def main() -> None:
         base_m = peaks["plain"] or 1
         agree = agreement(caps)
         for c in args.cases:
-            # the second timing of the plain loop against the first: the noise floor of one paired ratio
-            paired = paired_ratio(times[c], times["plain"] if c == "plain_again" else base)
+            # the two plain timings against each other (against their own mean they would look steadier than
+            # they are); every other case against the mean of both
+            other = {"plain": "plain_again", "plain_again": "plain"}.get(c)
+            paired = paired_ratio(times[c], times[other] if other in times else base)
             row = {
                 "case": c,
                 "audio_s": sec,

@@ -216,6 +216,11 @@ def test_layers_in_one_launch_equal_one_launch_per_layer(packed):
         assert torch.equal(ga, gb)
     with pytest.raises(ValueError, match="layer 1"):
         fused_attention_entropy_layers([qs[0], qs[1][:, :5]], ks[:2], SCALE)
+    # saved tensors handed back as copies at new addresses (as offloading hooks do): the same gradients
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        moved = grads(lambda a, b: fused_attention_entropy_layers(a, b, SCALE, mask, SMALL_BLOCKS, **opts))
+    for ga, gb in zip(moved[1], one[1]):
+        assert torch.equal(ga, gb)
 
 
 def test_backward_is_deterministic():

@@ -359,3 +359,31 @@ def test_fused_path_reports_nonfinite_activations():
     assert cap.meta["nonfinite"] == [(0, 1)]
     assert any("non-finite" in str(x.message) for x in w)
     assert torch.isnan(cap.stats["entropy"][0, 1]).all() and torch.isfinite(cap.stats["entropy"][0, 0]).all()
+
+
+def test_fused_capture_names_only_the_layers_a_step_skipped():
+    """A step whose layer 1 skips cross-attention: the layers that ran are reduced (their stash is flushed at the
+    step's end) and the error names exactly the layer that did not run."""
+    import attnlens as al
+    from attnlens.captures import CaptureError, ItemLayout
+
+    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=3)).to(DEV)
+    tr = pipe.transformer
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        hidden_states=torch.randn(1, 24, 8, generator=g),
+        timestep=torch.full((1,), 0.5),
+        timestep_r=torch.full((1,), 0.5),
+        encoder_hidden_states=torch.randn(1, 12, 64, generator=g),
+        context_latents=torch.randn(1, 24, 16, generator=g),
+    )
+    kw = {k: v.to(DEV) for k, v in kw.items()}
+    layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
+    skipped = tr.layers[1].cross_attn
+    skipped.forward = lambda hidden_states, **_: torch.zeros_like(hidden_states)  # no q, no k for layer 1
+    try:
+        with pytest.raises(CaptureError, match=r"\(step, layer\) \[\(0, 1\)\] \("):
+            with al.capture(tr, layout=layout, reducer="fused"), torch.no_grad():
+                tr(**kw)
+    finally:
+        del skipped.forward

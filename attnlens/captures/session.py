@@ -142,7 +142,8 @@ class CaptureSession:
         self._fused: bool | None = None
         self._done: set[tuple[int, int]] = set()
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._stash_bytes = self._step_seen = 0
+        self._stash_bytes = self._step_flushed = 0
+        self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
         self._maps_host: _HostBlock | None = None
         self._copy_stream: Any = None  # CUDA side stream for device -> host copies
         self.stash_budget_bytes = 64 << 20
@@ -164,7 +165,7 @@ class CaptureSession:
             self.hooks.forward_pre(tr, self._on_step_begin, with_kwargs=True)
             self.hooks.forward(tr, self._on_step_end, always_call=True)
             for layer in self.layers:
-                tap_query_key(self.hooks, self.adapter, layer, self._reduce, self._is_active)
+                tap_query_key(self.hooks, self.adapter, layer, self._reduce, self._is_active, self._pending_q)
             if self.recorder is not None:
                 self.recorder.attach(self.hooks)
         except BaseException:
@@ -193,6 +194,7 @@ class CaptureSession:
         self._map_sum.clear()
         self._step_bufs = []
         self._stash = {}
+        self._pending_q = {}
         self._maps_host = None
         self._done = set()
         self._t_pending = {}
@@ -248,7 +250,10 @@ class CaptureSession:
         self._prepare_layout(args, kwargs)
 
     def _on_step_end(self, module, args, output):
-        self._stash.clear()  # a step that raised midway leaves a partial stash: never carried into the next
+        if self._active and self._stash:  # layers the step skipped leave a partial stash: reduce what was seen
+            self._flush_stash()
+        self._stash.clear()
+        self._pending_q.clear()
         if self._active and self._step_bufs and len(self._step_bufs) > self._step_pos:
             self._offload_step(self._step_pos)
         self._active = False
@@ -341,7 +346,7 @@ class CaptureSession:
         if self._fused:
             if len(self._step_bufs) <= self._step_pos:
                 self._new_step_buffers(q)
-                self._stash_bytes = self._step_seen = 0
+                self._stash_bytes = self._step_flushed = 0
             if self.maps_mode is not False:  # maps for the selected heads: softmax(scale q kᵀ) in fp32
                 with torch.no_grad():
                     qs = q.detach().index_select(2, self._q_index)
@@ -351,8 +356,8 @@ class CaptureSession:
             # by kernel launches on the host); the stash holds at most `stash_budget_bytes` of their q and k
             self._stash[li] = (q.detach(), k.detach())
             self._stash_bytes += (q.numel() + k.numel()) * q.element_size()
-            self._step_seen += 1
-            if self._stash_bytes >= self.stash_budget_bytes or self._step_seen == len(self.layers):
+            seen = len(self._stash) + self._step_flushed  # distinct layers of this step so far
+            if self._stash_bytes >= self.stash_budget_bytes or seen >= len(self.layers):
                 self._flush_stash()
             return
         _, onehot, lyr_index, n_lyric = self._layout_cache[:4]
@@ -426,6 +431,7 @@ class CaptureSession:
             ks = [self._stash[li][1] for li in run]
             reduce_fused(qs, ks, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=out, slot=run[0])
         self._done.update((self._step_pos, li) for li in slots)
+        self._step_flushed += len(slots)
         self._stash.clear()
         self._stash_bytes = 0
 
@@ -447,8 +453,9 @@ class CaptureSession:
     def _finalize(self) -> None:
         cap = self.capture
         if self._pending_copies or self._maps:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            dev = self._q_index.device
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)  # the model's device (also the side stream's)
         if self._t_pending:
             idx = sorted(self._t_pending)
             values = torch.stack([self._t_pending[i].float() for i in idx]).cpu().tolist()

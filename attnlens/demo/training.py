@@ -189,20 +189,26 @@ class HeadGuide:
         self.pos = torch.as_tensor(lyric_pos, dtype=torch.long)
         self.targets = targets  # [B, T_dit]
         self.hooks = HookSet()
+        self._pending_q: dict[int, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
 
     def __enter__(self) -> HeadGuide:
         from attnlens.taps.query_key import tap_query_key
 
         try:
-            tap_query_key(self.hooks, self.adapter, self.layer, self._on_pair, lambda: self.loss is None)
+            tap_query_key(
+                self.hooks, self.adapter, self.layer, self._on_pair, lambda: self.loss is None, self._pending_q
+            )
         except BaseException:
             self.hooks.remove()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.hooks.remove()
+        try:
+            self.hooks.remove()
+        finally:
+            self._pending_q.clear()
 
     def _on_pair(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:  # q [B, T, H, D], k [B, S, KVH, D]
         q = q[:, :, self.head].float()  # [B, T, D]

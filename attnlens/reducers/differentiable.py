@@ -341,6 +341,7 @@ class EntropyTap:
         self.chunk_bytes = chunk_bytes
         self.hooks = HookSet()
         self._qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (q, k) of this forward call
+        self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
         self._impl: dict[int, str] = {}  # layer -> implementation resolved for it
         self._result: torch.Tensor | None = None  # per-layer means, computed on first request
         self._mask: torch.Tensor | None = None  # naive impl: lyric key mask [B, S] on the keys' device
@@ -351,17 +352,22 @@ class EntropyTap:
         try:
             self.hooks.forward_pre(self.adapter.transformer, self._on_call)
             for layer in self.layers:  # only the first evaluation of a layer in a forward call is kept
-                tap_query_key(self.hooks, self.adapter, layer, self._on_pair, lambda layer=layer: layer not in self._qk)
+                wants = lambda layer=layer: layer not in self._qk  # noqa: E731
+                tap_query_key(self.hooks, self.adapter, layer, self._on_pair, wants, self._pending_q)
         except BaseException:
             self.hooks.remove()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.hooks.remove()
+        try:
+            self.hooks.remove()
+        finally:
+            self._pending_q.clear()
 
     def _on_call(self, module, args):
         self._qk, self._impl, self._result = {}, {}, None
+        self._pending_q.clear()
 
     def _on_pair(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
         impl = "naive"

@@ -302,20 +302,23 @@ class _FusedEntropyFn(torch.autograd.Function):
             HAS_IDX=kidx is not None, HAS_W=w is not None, LAYERS=qoff is not None, num_warps=warps,
         )  # fmt: skip
         none = torch.empty(0, device=q.device)
-        opt = [_ptr(x, none) for x in (kmask, kidx, w, qoff, koff)]
-        # q and k: where the offsets count from; qs and ks: every layer's memory stays alive for the backward
-        ctx.save_for_backward(*opt, lse, mean_s, q, k, *qs, *ks)
-        ctx.has = tuple(x is not None for x in (kmask, kidx, w, qoff))
+        opt = [_ptr(x, none) for x in (kmask, kidx, w)]
+        # the layers' own tensors, not the tables: saved-tensor hooks may hand back copies at new addresses (e.g.
+        # offloading to the CPU), so the backward builds its tables from what it gets back
+        ctx.save_for_backward(*opt, lse, mean_s, *qs, *ks)
+        ctx.has = tuple(x is not None for x in (kmask, kidx, w))
         ctx.scale, ctx.w_all, ctx.blocks, ctx.L = float(scale), float(w_all), blocks, L
         return h
 
     @staticmethod
     def backward(ctx, grad_out):  # grad_out [L, B, H, T]
-        kmask, kidx, w, qoff, koff, lse, mean_s, q, k, *_ = ctx.saved_tensors
+        kmask, kidx, w, lse, mean_s, *qk = ctx.saved_tensors
         L = ctx.L
-        has_mask, has_idx, has_w, layers = ctx.has
+        has_mask, has_idx, has_w = ctx.has
         kmask, kidx, w = (kmask if has_mask else None), (kidx if has_idx else None), (w if has_w else None)
-        qoff, koff = (qoff, koff) if layers else (None, None)
+        q, qoff = layer_table(qk[:L])
+        k, koff = layer_table(qk[L:])
+        layers = qoff is not None
         B, T, H, D = q.shape
         KVH = k.shape[2]
         S = kidx.shape[1] if kidx is not None else k.shape[1]
@@ -418,10 +421,17 @@ def fused_attention_entropy_layers(
     blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
     dt = qs[0].dtype
     for i, (q, k) in enumerate(zip(qs, ks)):
-        if q.shape != qs[0].shape or k.shape != ks[0].shape or q.dtype != dt or q.device != qs[0].device:
+        if (
+            q.shape != qs[0].shape
+            or k.shape != ks[0].shape
+            or q.dtype != dt
+            or q.device != qs[0].device
+            or k.device != qs[0].device
+        ):
             raise ValueError(
                 f"layer {i}: q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} differ from layer 0's "
-                f"q {tuple(qs[0].shape)} {dt}, k {tuple(ks[0].shape)}: one launch needs one shape and dtype"
+                f"q {tuple(qs[0].shape)} {dt}, k {tuple(ks[0].shape)} on {qs[0].device}: one launch needs one shape, "
+                "dtype and device"
             )
     ks = [k if k.dtype == dt else k.to(dt) for k in ks]
     kmask, kidx, w = _options(qs[0], key_mask, key_index, weight)

@@ -19,10 +19,14 @@ def layer_table(xs: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> tuple[torc
 
     When a tensor's distance from ``xs[0]`` is not a multiple of 16 elements, or shapes or strides differ, the
     layers are stacked into one new contiguous block instead (``base`` is then a view of it and keeps it alive).
+    Tensors on different devices are an error (``ValueError``).
     """
     base = xs[0]
     if len(xs) == 1:
         return base, None
+    devices = {x.device for x in xs}
+    if len(devices) > 1:  # addresses on different devices do not share one address space
+        raise ValueError(f"one launch over several layers needs them on one device; got {sorted(map(str, devices))}")
     unit = UNIT * base.element_size()
     offs: list[int] | None = []
     for x in xs:

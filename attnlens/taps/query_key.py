@@ -12,24 +12,34 @@ from .hooks import HookSet
 PairFn = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-def tap_query_key(hooks: HookSet, adapter: Any, layer: int, on_pair: PairFn, wants: Callable[[], bool]) -> None:
+def tap_query_key(
+    hooks: HookSet,
+    adapter: Any,
+    layer: int,
+    on_pair: PairFn,
+    wants: Callable[[], bool],
+    pending: dict[int, torch.Tensor],
+) -> None:
     """Hook ``layer``'s cross-attention ``norm_q`` / ``norm_k`` (found through ``adapter``) into ``hooks``.
 
-    The query (``[B, T, H, D]``) is kept when ``wants()`` is true at the time it is computed; when the layer's key
-    (``[B, S, KVH, D]``) arrives, ``on_pair(layer, q, k)`` runs with both, once per query. Hooks only read: the
-    tensors are handed over as the attention receives them and nothing is returned to the model.
+    The query (``[B, T, H, D]``) is kept in ``pending[layer]`` when ``wants()`` is true at the time it is computed;
+    when the layer's key (``[B, S, KVH, D]``) arrives, ``on_pair(layer, q, k)`` runs with both, once per query.
+    ``pending`` belongs to the caller, who clears it where a forward call ends (a call that raised between a
+    query and its key leaves nothing behind then). Hooks only read: the tensors are handed over as the attention
+    receives them and nothing is returned to the model.
     """
     qm, km = adapter.query_key_modules(layer)
-    pending: list[torch.Tensor] = []  # the kept query, until its key arrives
 
     def on_query(module, args, output):
-        pending.clear()
         if wants():
-            pending.append(output)
+            pending[layer] = output
+        else:
+            pending.pop(layer, None)
 
     def on_key(module, args, output):
-        if pending:
-            on_pair(layer, pending.pop(), output)
+        q = pending.pop(layer, None)
+        if q is not None:
+            on_pair(layer, q, output)
 
     on_query.__qualname__ = f"attnlens:query[{layer}]"
     on_key.__qualname__ = f"attnlens:key[{layer}]"

@@ -220,6 +220,22 @@ def test_fused_v2_block_shapes_and_batched_layers(cfg, bf16_dot):
         assert torch.equal(listed[n], out[n]), n
 
 
+def _tiny_transformer(layers: int):
+    """A tiny ACE-Step transformer (head_dim 16) on DEV and the inputs of one call: 24 frames, 12 keys."""
+    import attnlens as al
+
+    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=layers)).to(DEV)
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        hidden_states=torch.randn(1, 24, 8, generator=g),
+        timestep=torch.full((1,), 0.5),
+        timestep_r=torch.full((1,), 0.5),
+        encoder_hidden_states=torch.randn(1, 12, 64, generator=g),
+        context_latents=torch.randn(1, 24, 16, generator=g),
+    )
+    return pipe.transformer, {k: v.to(DEV) for k, v in kw.items()}
+
+
 def test_key_plan_and_head_table():
     from attnlens.reducers.fused import head_table, key_plan
 
@@ -257,18 +273,7 @@ def test_capture_fused_equals_reference_on_a_transformer():
     import attnlens as al
     from attnlens.captures import ItemLayout
 
-    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2)).to(DEV)
-    tr = pipe.transformer
-    g = torch.Generator().manual_seed(0)
-    B, T, S = 1, 24, 12
-    kw = dict(
-        hidden_states=torch.randn(B, T, 8, generator=g),
-        timestep=torch.full((B,), 0.5),
-        timestep_r=torch.full((B,), 0.5),
-        encoder_hidden_states=torch.randn(B, S, 64, generator=g),
-        context_latents=torch.randn(B, T, 16, generator=g),
-    )
-    kw = {k: v.to(DEV) for k, v in kw.items()}
+    tr, kw = _tiny_transformer(2)
     layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
     import attnlens.captures.session as sess
 
@@ -329,17 +334,7 @@ def test_fused_path_reports_nonfinite_activations():
     import attnlens as al
     from attnlens.captures import ItemLayout
 
-    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2)).to(DEV)
-    tr = pipe.transformer
-    g = torch.Generator().manual_seed(0)
-    kw = dict(
-        hidden_states=torch.randn(1, 24, 8, generator=g),
-        timestep=torch.full((1,), 0.5),
-        timestep_r=torch.full((1,), 0.5),
-        encoder_hidden_states=torch.randn(1, 12, 64, generator=g),
-        context_latents=torch.randn(1, 24, 16, generator=g),
-    )
-    kw = {k: v.to(DEV) for k, v in kw.items()}
+    tr, kw = _tiny_transformer(2)
     layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=4)
 
     def poison(module, args, out):  # a NaN in one key of layer 1
@@ -367,17 +362,7 @@ def test_fused_capture_names_only_the_layers_a_step_skipped():
     import attnlens as al
     from attnlens.captures import CaptureError, ItemLayout
 
-    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=3)).to(DEV)
-    tr = pipe.transformer
-    g = torch.Generator().manual_seed(0)
-    kw = dict(
-        hidden_states=torch.randn(1, 24, 8, generator=g),
-        timestep=torch.full((1,), 0.5),
-        timestep_r=torch.full((1,), 0.5),
-        encoder_hidden_states=torch.randn(1, 12, 64, generator=g),
-        context_latents=torch.randn(1, 24, 16, generator=g),
-    )
-    kw = {k: v.to(DEV) for k, v in kw.items()}
+    tr, kw = _tiny_transformer(3)
     layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
     skipped = tr.layers[1].cross_attn
     skipped.forward = lambda hidden_states, **_: torch.zeros_like(hidden_states)  # no q, no k for layer 1

@@ -372,3 +372,31 @@ def test_fused_capture_names_only_the_layers_a_step_skipped():
                 tr(**kw)
     finally:
         del skipped.forward
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_capture_does_not_synchronize_the_gpu_mid_run():
+    """With torch's sync debug mode set to error, a captured forward runs through: layout tensors, launch plans
+    and offset tables reach the GPU without a synchronizing copy (attnlens.devices.upload)."""
+    import attnlens as al
+    from attnlens.captures import ItemLayout
+
+    tr, kw = _tiny_transformer(2)
+    layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
+    with torch.no_grad():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            tr(**kw)  # the model alone
+        except RuntimeError:
+            pytest.skip("the model's own forward synchronizes")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        with al.capture(tr, layout=layout):  # warm-up: kernels compiled, pinned blocks cached
+            tr(**kw)
+        with al.capture(tr, layout=layout) as cap:
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                tr(**kw)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    assert cap.meta["reducer"] == "fused" and cap.stats["entropy"].shape[:2] == (1, 2)

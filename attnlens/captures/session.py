@@ -26,6 +26,7 @@ import torch
 from .. import __version__
 from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
+from ..devices import upload
 from ..reducers.fused import fused_available, reduce_fused
 from ..reducers.stats import expand_kv, probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
@@ -148,8 +149,8 @@ class CaptureSession:
         self._copy_stream: Any = None  # CUDA side stream for device -> host copies
         self.stash_budget_bytes = 64 << 20
         dev = next(self.adapter.transformer.parameters()).device
-        self._kv_index = torch.tensor([h // f.group for h in self.heads], dtype=torch.long, device=dev)
-        self._q_index = torch.tensor(self.heads, dtype=torch.long, device=dev)
+        self._kv_index = upload(torch.tensor([h // f.group for h in self.heads], dtype=torch.long), dev)
+        self._q_index = upload(torch.tensor(self.heads, dtype=torch.long), dev)
         self._heads_i32 = self._q_index.to(torch.int32)
 
     # ----------------------------------------------------------- lifecycle
@@ -306,12 +307,14 @@ class CaptureSession:
         key = (id(layout), B)
         if self._layout_cache is None or self._layout_cache[0] != key:
             dev = self._q_index.device
-            codes = torch.as_tensor([it.segment_codes().tolist() for it in cond_items], dtype=torch.long, device=dev)
+            # built on the host, then moved without a synchronization (devices.upload)
+            codes = torch.as_tensor([it.segment_codes().tolist() for it in cond_items], dtype=torch.long)
             lyr_index = torch.full_like(codes, -1)
             for b, it in enumerate(cond_items):
-                pos = torch.as_tensor(it.lyric_positions(), dtype=torch.long, device=dev)
-                lyr_index[b, pos] = torch.arange(len(pos), device=dev)
+                pos = torch.as_tensor(it.lyric_positions(), dtype=torch.long)
+                lyr_index[b, pos] = torch.arange(len(pos))
             n_lyric = (lyr_index >= 0).sum(dim=1)
+            codes, lyr_index, n_lyric = (upload(x, dev) for x in (codes, lyr_index, n_lyric))
             self._layout_cache = (
                 key,
                 segment_onehot(codes),
@@ -429,7 +432,19 @@ class CaptureSession:
         for run in runs:
             qs = [self._stash[li][0] for li in run]
             ks = [self._stash[li][1] for li in run]
-            reduce_fused(qs, ks, f.scale, self._heads_i32, f.group, seg32, lidx32, nl32, out=out, slot=run[0])
+            reduce_fused(
+                qs,
+                ks,
+                f.scale,
+                self._heads_i32,
+                f.group,
+                seg32,
+                lidx32,
+                nl32,
+                out=out,
+                slot=run[0],
+                heads_list=self.heads,
+            )
         self._done.update((self._step_pos, li) for li in slots)
         self._step_flushed += len(slots)
         self._stash.clear()

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 
 from ..adapters import adapter_for
+from ..devices import upload
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
 from .fused_entropy import fused_attention_entropy, fused_attention_entropy_layers, fused_entropy_supported
@@ -179,9 +180,9 @@ def _key_plan(key_mask: torch.Tensor, B: int, S: int, device: Any) -> KeyPlan:
     if nmax < S:  # gather the taken keys: the work scales with |K|, not S
         order = key_mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :nmax]  # [B, nmax]
         key_mask = torch.gather(key_mask, 1, order)
-        order = order.to(device)
-    mask = None if bool(key_mask.all()) else key_mask.to(device)
-    return order, mask, n.to(device), (1.0 / torch.log(n.to(torch.float64))).to(device)
+        order = upload(order, device)
+    mask = None if bool(key_mask.all()) else upload(key_mask, device)
+    return order, mask, upload(n, device), upload(1.0 / torch.log(n.to(torch.float64)), device)
 
 
 def _entropy(
@@ -428,7 +429,7 @@ class EntropyTap:
             raise ValueError(f"lyric_positions describe {len(self.lyric_positions)} item(s) but the batch is {B}")
         mask = lyric_key_mask(self.lyric_positions, S)  # [B, S] on the CPU
         if self.impl == "naive":
-            self._mask, self._plan = mask.to(k.device), None
+            self._mask, self._plan = upload(mask, k.device), None
         else:
             self._mask, self._plan = None, _key_plan(mask, B, S, k.device)
         self._plan_for = (B, S, k.device)

@@ -52,6 +52,7 @@ from typing import Literal
 
 import torch
 
+from ..devices import upload
 from .layer_table import layer_table
 
 try:  # Triton is optional: CUDA builds of torch bring it
@@ -718,14 +719,22 @@ if HAVE_TRITON:
 
 
 def _launch_plan(
-    seg_codes: torch.Tensor, lyric_index: torch.Tensor, heads: torch.Tensor, group: int, cfg: FusedConfig
+    seg_codes: torch.Tensor,
+    lyric_index: torch.Tensor,
+    heads: torch.Tensor,
+    group: int,
+    cfg: FusedConfig,
+    heads_list: list[int] | None = None,
 ) -> tuple[KeyPlan, torch.Tensor, int]:
-    """Key plan, head table and G for a v2 launch, built once per (layout tensors, heads tensor, config)."""
+    """Key plan, head table and G for a v2 launch, built once per (layout tensors, heads tensor, config).
+    ``heads_list``: the same heads on the host, when the caller has them (else ``heads`` is read back once, a
+    synchronization on CUDA)."""
 
     def build() -> tuple[KeyPlan, torch.Tensor, int]:
         plan = key_plan(seg_codes, lyric_index, cfg.block_s, cfg.order)
-        tab, G = head_table([int(h) for h in heads.tolist()], group, cfg.gqa)  # the one host read of heads
-        return plan, torch.tensor(tab, dtype=torch.int32, device=heads.device), G
+        hl = [int(h) for h in (heads_list if heads_list is not None else heads.tolist())]
+        tab, G = head_table(hl, group, cfg.gqa)
+        return plan, upload(torch.tensor(tab, dtype=torch.int32), heads.device), G
 
     extra = (tuple(seg_codes.shape), heads.numel(), group, cfg.block_s, cfg.order, cfg.gqa)
     return _cached((seg_codes, lyric_index, heads), extra, build)
@@ -746,6 +755,7 @@ def reduce_fused(
     block_s: int | None = None,
     num_warps: int | None = None,
     config: FusedConfig | str | None = None,
+    heads_list: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics with the fused kernel.
 
@@ -758,7 +768,8 @@ def reduce_fused(
 
     ``config``: a :class:`FusedConfig` or a name in :data:`VARIANTS`; without it, :data:`DEFAULT_CONFIG`, or the
     v1 kernel with ``block_t``, ``block_s``, ``num_warps`` when any is given. The v2 kernel needs ``scale > 0``
-    (the v1 kernel runs otherwise).
+    (the v1 kernel runs otherwise). ``heads_list``: ``heads`` as a host list, when the caller has it: the launch
+    plan then needs no read-back from the device.
     """
     if config is None and (block_t, block_s, num_warps) != (None, None, None):
         cfg = FusedConfig(block_t=block_t or 64, block_s=block_s or 64, num_warps=num_warps or 4)
@@ -815,7 +826,7 @@ def reduce_fused(
             D=D, BLOCK_T=bt, BLOCK_S=bs, IEEE=q.dtype == torch.float32, **launch,
         )  # fmt: skip
         return out
-    plan, tab, G = _launch_plan(seg_codes, lyric_index, heads, group, cfg)
+    plan, tab, G = _launch_plan(seg_codes, lyric_index, heads, group, cfg, heads_list)
     n_prog = h // G
     s_pad, nb = plan.order.shape[1], plan.desc.shape[1]
     grid = ((T + bt - 1) // bt, B * n_prog, n_layers)

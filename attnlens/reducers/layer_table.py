@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import upload
+
 UNIT = 16  # elements per offset unit
 
 
@@ -41,7 +43,4 @@ def layer_table(xs: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> tuple[torc
         if base.numel() % UNIT:
             raise ValueError(f"cannot lay out layers of {base.numel()} elements in units of {UNIT}")
         offs = [i * (base.numel() // UNIT) for i in range(len(xs))]
-    table = torch.tensor(offs, dtype=torch.int64)
-    if base.is_cuda:  # pinned: the copy does not wait for the GPU
-        table = table.pin_memory().to(base.device, non_blocking=True)
-    return base, table
+    return base, upload(torch.tensor(offs, dtype=torch.int64), base.device)

@@ -75,7 +75,12 @@ def _as_layout(layout: Any) -> Layout | None:
 
 
 class CaptureSession:
-    """State of one capture. Use :func:`capture`."""
+    """State of one capture. Use :func:`capture`.
+
+    ``stash_budget_bytes`` (default 64 MiB): on the fused path, layers' queries and keys wait in a stash and go to
+    the statistics kernel together once the stash holds this many bytes or the step's last layer has arrived; a
+    larger budget means fewer kernel launches per step and more GPU memory held (0: one launch per layer).
+    """
 
     def __init__(
         self,
@@ -266,9 +271,9 @@ class CaptureSession:
             return
         if self._host is None:
             self._host = {name: _HostBlock(self._expected_steps()) for name in bufs}
-        with self._side_stream(*bufs.values()) as side:
+        with self._side_stream(*bufs.values()):
             self._step_bufs[pos] = {name: self._host[name].put((pos,), buf) for name, buf in bufs.items()}
-        self._pending_copies = side is not None or self._pending_copies
+        self._pending_copies = True
 
     def _prepare_layout(self, args, kwargs) -> None:
         B = self.adapter.batch_of_call(args, kwargs)
@@ -356,7 +361,7 @@ class CaptureSession:
                     maps = probabilities(qs, expand_kv(k.detach(), self._kv_index), self.adapter.facts.scale)
                 self._keep_map(li, maps)
             # layers wait in a stash and go to the kernel together (one launch for many layers: the loop is bound
-            # by kernel launches on the host); the stash holds at most `stash_budget_bytes` of their q and k
+            # by kernel launches on the host); the stash is flushed once it holds `stash_budget_bytes` of q and k
             self._stash[li] = (q.detach(), k.detach())
             self._stash_bytes += (q.numel() + k.numel()) * q.element_size()
             seen = len(self._stash) + self._step_flushed  # distinct layers of this step so far

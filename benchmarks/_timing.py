@@ -88,3 +88,18 @@ def baseline(times: dict[str, list[float]], names: Sequence[str] = ("plain", "pl
     if not cols:
         raise ValueError(f"no baseline case among {list(names)}")
     return [statistics.fmean(vals) for vals in zip(*cols)]
+
+
+def paired_ratios(times: dict[str, list[float]], names: Sequence[str] = ("plain", "plain_again")) -> dict[str, dict]:
+    """:func:`paired_ratio` of every case against the per-round :func:`baseline` of ``names``; when both baseline
+    cases ran, each of them against the other instead (against their own mean they would look steadier than they
+    are)."""
+    base = baseline(times, names)
+    present = [n for n in names if n in times]
+    out = {}
+    for case, t in times.items():
+        if case in present and len(present) == 2:
+            out[case] = paired_ratio(t, times[present[1 - present.index(case)]])
+        else:
+            out[case] = paired_ratio(t, base)
+    return out

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import baseline, interleaved_times, paired_ratio  # noqa: E402
+from _timing import interleaved_times, paired_ratios  # noqa: E402
 
 import attnlens as al  # noqa: E402
 from attnlens.captures import ItemLayout  # noqa: E402
@@ -189,19 +189,15 @@ def main() -> None:
     for sec in args.durations:
         inp = make_inputs(model, sec, args.keys, args.device, dtype)
         times, peaks, caps = measure(args.cases, model, inp, layout, args.device, args.rounds)
-        base = baseline(times)
+        ratios = paired_ratios(times)
         base_m = peaks["plain"] or 1
         agree = agreement(caps)
         for c in args.cases:
-            # the two plain timings against each other (against their own mean they would look steadier than
-            # they are); every other case against the mean of both
-            other = {"plain": "plain_again", "plain_again": "plain"}.get(c)
-            paired = paired_ratio(times[c], times[other] if other in times else base)
             row = {
                 "case": c,
                 "audio_s": sec,
                 "time_s": round(statistics.median(times[c]), 5),
-                **paired,
+                **ratios[c],
                 "peak_mem_gib": round(peaks[c] / 2**30, 3),
                 "mem_ratio": round(peaks[c] / base_m, 4) if peaks["plain"] else None,
             }

@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import baseline, interleaved_times, paired_ratio  # noqa: E402
+from _timing import interleaved_times, paired_ratios  # noqa: E402
 
 import attnlens.captures  # noqa: E402,F401  (import order)
 from attnlens.reducers.differentiable import EntropyTap  # noqa: E402
@@ -186,8 +186,7 @@ def main(argv=None) -> int:
             print(f"== profile {case} (2 steps): syncs/copies {syncs}")
             print(ev.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=48))
     base = results["lora_step"]
-    base_t = baseline(times, ("lora_step", "lora_step_again"))
-    other = {"lora_step": "lora_step_again", "lora_step_again": "lora_step"}  # the two plain timings: each other
+    ratios = paired_ratios(times, ("lora_step", "lora_step_again"))
     device_name = torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})"
     rows = []
     for case in cases:
@@ -200,7 +199,7 @@ def main(argv=None) -> int:
             "lyric_tokens": args.lyric_tokens,
             "time_s": round(r["time_s"], 5),
             "peak_gib": None if r["peak_gib"] is None else round(r["peak_gib"], 4),
-            **paired_ratio(times[case], times[other[case]] if case in other and other[case] in times else base_t),
+            **ratios[case],
             "entropy_impl": impl_used.get(case),
             "mem_ratio": None if r["peak_gib"] is None else round(r["peak_gib"] / base["peak_gib"], 4),
             "device": device_name,

@@ -185,6 +185,15 @@ def _key_plan(key_mask: torch.Tensor, B: int, S: int, device: Any) -> KeyPlan:
     return order, mask, upload(n, device), upload(1.0 / torch.log(n.to(torch.float64)), device)
 
 
+def _fused_args(plan: KeyPlan | None, S: int, normalize: bool) -> dict[str, Any]:
+    """Key and normalization arguments of the fused kernels for a key plan (``None``: all ``S`` keys): the taken
+    keys are read in place through the plan's order, and ``1 / log n`` is applied inside the kernels."""
+    if plan is None:
+        return {"weight_all": 1.0 / math.log(S)} if normalize else {}
+    order, key_mask, _, inv_log_n = plan
+    return {"key_mask": key_mask, "key_index": order, **({"weight": inv_log_n} if normalize else {})}
+
+
 def _entropy(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -197,15 +206,11 @@ def _entropy(
     """:func:`attention_entropy` after validation (``impl`` resolved: ``"fused"`` or ``"recompute"``)."""
     B, T, H, D = q.shape
     S = k.shape[1]
-    order = key_mask = n_keys = inv_log_n = None
+    if impl == "fused":
+        return fused_attention_entropy(q, k, scale, **_fused_args(plan, S, normalize))
+    order = key_mask = n_keys = None
     if plan is not None:
-        order, key_mask, n_keys, inv_log_n = plan
-    if impl == "fused":  # keys read through `order` in place; normalization inside the kernels
-        if not normalize:
-            return fused_attention_entropy(q, k, scale, key_mask, key_index=order)
-        if inv_log_n is None:
-            return fused_attention_entropy(q, k, scale, key_mask, key_index=order, weight_all=1.0 / math.log(S))
-        return fused_attention_entropy(q, k, scale, key_mask, key_index=order, weight=inv_log_n)
+        order, key_mask, n_keys, _ = plan
     if order is not None:
         k = torch.gather(k, 1, order[:, :, None, None].expand(-1, -1, k.shape[2], k.shape[3]))
         S = order.shape[1]
@@ -394,12 +399,7 @@ class EntropyTap:
             k.shape == ks[0].shape for k in ks
         )
         if impls == {"fused"} and one_shape:
-            S = ks[0].shape[1]
-            if self._plan is None:
-                h = fused_attention_entropy_layers(qs, ks, scale, weight_all=1.0 / math.log(S))
-            else:
-                order, key_mask, _, inv_log_n = self._plan
-                h = fused_attention_entropy_layers(qs, ks, scale, key_mask, key_index=order, weight=inv_log_n)
+            h = fused_attention_entropy_layers(qs, ks, scale, **_fused_args(self._plan, ks[0].shape[1], True))
             self.impl_used = "fused"
             return h.mean(dim=(1, 2, 3))  # [layer]
         means = []

@@ -302,14 +302,8 @@ _CACHE_MAX = 64
 def _cached(tensors: tuple[torch.Tensor, ...], extra: tuple, build):
     key = (extra, *[(id(t), t._version) for t in tensors])
     hit = _CACHE.get(key)
-    if hit is not None:
-        refs, val = hit
-        ok = True
-        for r, t in zip(refs, tensors):
-            if r() is not t:
-                ok = False
-        if ok:
-            return val
+    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)):
+        return hit[1]
     val = build()
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.clear()
@@ -789,8 +783,8 @@ def reduce_fused(
             q, k = torch.stack(list(q)), torch.stack(list(k))
         else:
             n_layers = len(q)
-            q, qoff = layer_table([x if x.is_contiguous() else x.contiguous() for x in q])
-            k, koff = layer_table([x if x.is_contiguous() else x.contiguous() for x in k])
+            q, qoff = layer_table([x.contiguous() for x in q])
+            k, koff = layer_table([x.contiguous() for x in k])
     if qoff is None:
         n_layers = q.shape[0] if q.ndim == 5 else 1
     B, T, H, D = q.shape[-4:]

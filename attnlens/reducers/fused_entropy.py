@@ -390,12 +390,8 @@ def fused_attention_entropy(
         weight: optional ``[B]`` factor per item (e.g. ``1 / log n_b`` to normalize), applied inside the kernels
             to the values and their gradients; ``weight_all``: a factor for every item.
     """
-    _check_supported(q)
-    blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
-    if k.dtype != q.dtype:
-        k = k.to(q.dtype)
-    kmask, kidx, w = _options(q, key_mask, key_index, weight)
-    return _FusedEntropyFn.apply(kmask, kidx, w, float(weight_all), float(scale), blocks, q, k)[0]
+    opts = dict(key_index=key_index, weight=weight, weight_all=weight_all)
+    return fused_attention_entropy_layers([q], [k], scale, key_mask, blocks, **opts)[0]
 
 
 def fused_attention_entropy_layers(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,3 +17,42 @@ def upload(x: torch.Tensor, device: Any) -> torch.Tensor:
     if device.type == "cuda" and x.device.type == "cpu":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+class TableArena:
+    """Small int64 tables for kernel launches (the layers' offsets), on ``device`` without a synchronization and
+    without an allocation per table.
+
+    :meth:`put` writes the values into a pinned host slab and issues one non-blocking copy of that stretch to the
+    same place in a device slab; the device stretch is returned. Every place of a slab is written once, so a write
+    never touches host memory that a pending copy still reads; a full slab is replaced by a new pair (PyTorch frees
+    the old ones once their copies, and the kernels that read them, are done). Tables start at multiples of 16
+    bytes. On a device other than CUDA, ``put`` is a plain ``torch.tensor(values, device=device)``.
+    """
+
+    def __init__(self, device: Any, size: int = 4096):
+        self.device = torch.device(device)
+        self.size = int(size)
+        self._pos = self.size  # no slab yet: the first put allocates
+        self._host: torch.Tensor | None = None
+        self._host_np: Any = None
+        self._dev: torch.Tensor | None = None
+
+    def put(self, values: Sequence[int]) -> torch.Tensor:
+        """``values`` as an int64 tensor ``[len(values)]`` on the device (the copy is queued, not waited for)."""
+        n = len(values)
+        if self.device.type != "cuda":
+            return torch.tensor(values, dtype=torch.int64, device=self.device)
+        span = n + (n & 1)  # keep the next table 16-byte aligned
+        if self._pos + span > self.size:
+            size = max(self.size, span)
+            self._host = torch.empty(size, dtype=torch.int64, pin_memory=True)
+            self._host_np = self._host.numpy()
+            self._dev = torch.empty(size, dtype=torch.int64, device=self.device)
+            self._pos = 0
+        p = self._pos
+        self._host_np[p : p + n] = values
+        out = self._dev[p : p + span]
+        out.copy_(self._host[p : p + span], non_blocking=True)
+        self._pos = p + span
+        return out[:n] if span != n else out

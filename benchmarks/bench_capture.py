@@ -10,7 +10,8 @@ Full-size ``AceStepTransformer1DModel`` (24 layers, hidden 2048, 16 heads / 8 KV
     capture_maps_16_heads     full maps for 16 (layer, head) pairs (layers 2-5 x heads 6, 8, 10, 11) on the CPU
 
 Diagnostics (not run by default): ``diag_noop_kernel`` (the statistics kernel replaced by a no-op),
-``diag_no_offload`` (no copies to the host), ``diag_hooks_only`` (hooks and step bookkeeping; q and k dropped).
+``diag_no_offload`` (no copies to the host), ``diag_hooks_only`` (hooks and step bookkeeping; q and k dropped),
+``diag_budget_128`` (a stash of 128 MiB instead of 64: fewer launches per step, more memory held).
 
 Cases are interleaved in a shuffled order per round and each ratio is the median over rounds of the case's time
 over the baseline's time in the same round (baseline: mean of ``plain`` and ``plain_again``), with a bootstrap 95 %
@@ -104,13 +105,18 @@ def run_case(case: str, model, inp, layout, device: str):
             sess.reduce_fused = lambda *a, **k: None
         elif case == "diag_no_offload":  # everything but the copies to the host
             sess.CaptureSession._offload_step = lambda self, pos: None
+        elif case == "diag_budget_128":  # a stash twice the default: fewer launches, more memory held
+            pass
         elif case == "diag_hooks_only":  # the hooks and the step bookkeeping; q and k dropped at once
             sess.CaptureSession._reduce = lambda self, layer, q, k: None
             stats = False
         else:
             raise ValueError(f"unknown diagnostic case {case!r}")
         try:
-            with sess.CaptureSession(model, layout=layout, num_steps=8, stats=stats) as cap:
+            ses = sess.CaptureSession(model, layout=layout, num_steps=8, stats=stats)
+            if case == "diag_budget_128":
+                ses.stash_budget_bytes = 128 << 20
+            with ses as cap:
                 out = loop(model, inp)
         finally:
             sess.reduce_fused, sess.CaptureSession._offload_step, sess.CaptureSession._reduce = saved

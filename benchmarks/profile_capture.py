@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--timeline", action="store_true", help="also profile one run of each with torch.profiler")
+    ap.add_argument("--sections", action="store_true", help="host time of each part of a capture (perf_counter)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.small
     dev = "cuda" if cuda else "cpu"
@@ -86,9 +87,96 @@ def main() -> None:
         if name == "capture":
             st.sort_stats("cumtime").print_stats("attnlens", args.top)
         print(f"==== {name}: {args.n} runs\n" + "\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+    # where the host stands when the GPU finishes: a host far ahead means the loop waits on the GPU (queue full)
+    for name, body in (("plain", lambda: loop(model, inp)), ("capture", None)):
+        host, total = [], []
+        for _ in range(args.n):
+            sync()
+            t0 = time.perf_counter()
+            if body is None:
+                ses = al.capture(model, layout=layout, num_steps=8)
+                ses.__enter__()
+                loop(model, inp)
+                ses.hooks.remove()  # the hooks only; the finalize (which waits) is timed below
+                t1 = time.perf_counter()
+                ses.__exit__(None, None, None)
+            else:
+                body()
+                t1 = time.perf_counter()
+            sync()
+            host.append(t1 - t0)
+            total.append(time.perf_counter() - t0)
+        print(f"{name}: host done after {statistics.median(host) * 1e3:.1f} ms, GPU done after "
+              f"{statistics.median(total) * 1e3:.1f} ms")  # fmt: skip
+    if args.sections:
+        sections(captured, args.n)
     if args.timeline:
         for name, fn in (("plain", plain), ("capture", captured)):
             timeline(name, fn, cuda, args.top)
+
+
+SECTIONS = {  # attribute of attnlens.captures.session -> what it covers
+    "capture": "al.capture(...): building the session",
+    "CaptureSession.__enter__": "registering the hooks",
+    "CaptureSession._on_step_begin": "step start: timestep, layout",
+    "CaptureSession._reduce": "per layer: stash q/k (includes the flushes below)",
+    "CaptureSession._flush_stash": "one statistics launch per run of stashed layers (includes reduce_fused)",
+    "reduce_fused": "launch plan, offset tables, kernel launch",
+    "fused.layer_table": "offset tables of the layers' q and k (in reduce_fused)",
+    "fused._launch_plan": "key plan and head table, cached (in reduce_fused)",
+    "CaptureSession._new_step_buffers": "per-step output buffers",
+    "CaptureSession._on_step_end": "step end (includes the offload)",
+    "CaptureSession._offload_step": "copies of a step's statistics to pinned host memory",
+    "CaptureSession.__exit__": "hooks removed, finalize (includes the synchronization that waits for the GPU)",
+    "CaptureSession._finalize": "finalize: wait for the GPU, check, assemble",
+    "torch.cuda.synchronize": "finalize's wait for the GPU (the rest of finalize is host work)",
+}
+
+
+def sections(captured, n: int) -> None:
+    """Host wall time spent inside each part of a capture (``time.perf_counter`` around the call, no profiler
+    overhead elsewhere), in ms per capture, median of ``n`` captures. Nested parts are included in their parents."""
+    import attnlens.captures.session as sess
+
+    acc: dict[str, float] = {}
+    saved = {}
+
+    def wrap(owner, attr, label):
+        fn = getattr(owner, attr)
+        saved[(owner, attr)] = fn
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[label] = acc.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed)
+
+    import attnlens.reducers.fused as fused
+
+    owners = {"": sess, "CaptureSession": sess.CaptureSession, "torch.cuda": torch.cuda, "fused": fused}
+    for label in SECTIONS:
+        cls, _, attr = label.rpartition(".")
+        wrap(al if label == "capture" else owners[cls], attr, label)
+    per_run: dict[str, list[float]] = {k: [] for k in SECTIONS}
+    walls = []
+    try:
+        captured()
+        for _ in range(n):
+            acc.clear()
+            t0 = time.perf_counter()
+            captured()
+            walls.append(time.perf_counter() - t0)
+            for k in SECTIONS:
+                per_run[k].append(acc.get(k, 0.0))
+    finally:
+        for (owner, attr), fn in saved.items():
+            setattr(owner, attr, fn)
+    print(f"==== sections: host ms per capture (median of {n}); wall {statistics.median(walls) * 1e3:.1f} ms")
+    for k, what in SECTIONS.items():
+        print(f"  {statistics.median(per_run[k]) * 1e3:8.3f}  {k:36s} {what}")
 
 
 def timeline(name: str, fn, cuda: bool, top: int) -> None:

@@ -26,7 +26,7 @@ import torch
 from .. import __version__
 from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
-from ..devices import upload
+from ..devices import TableArena, upload
 from ..reducers.fused import fused_available, reduce_fused
 from ..reducers.stats import expand_kv, probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
@@ -153,6 +153,8 @@ class CaptureSession:
         self._maps_host: _HostBlock | None = None
         self._copy_stream: Any = None  # CUDA side stream for device -> host copies
         self.stash_budget_bytes = 64 << 20
+        self._n_layers = len(self.layers)
+        self._tables: TableArena | None = None  # the layers' offset tables (fused path)
         dev = next(self.adapter.transformer.parameters()).device
         self._kv_index = upload(torch.tensor([h // f.group for h in self.heads], dtype=torch.long), dev)
         self._q_index = upload(torch.tensor(self.heads, dtype=torch.long), dev)
@@ -207,6 +209,7 @@ class CaptureSession:
         self._host = None
         self._layout_cache = None
         self._copy_stream = None
+        self._tables = None
 
     # --------------------------------------------------------------- steps
     def _total_steps(self) -> int | None:
@@ -311,24 +314,7 @@ class CaptureSession:
         self.capture.layout = layout
         key = (id(layout), B)
         if self._layout_cache is None or self._layout_cache[0] != key:
-            dev = self._q_index.device
-            # built on the host, then moved without a synchronization (devices.upload)
-            codes = torch.as_tensor([it.segment_codes().tolist() for it in cond_items], dtype=torch.long)
-            lyr_index = torch.full_like(codes, -1)
-            for b, it in enumerate(cond_items):
-                pos = torch.as_tensor(it.lyric_positions(), dtype=torch.long)
-                lyr_index[b, pos] = torch.arange(len(pos))
-            n_lyric = (lyr_index >= 0).sum(dim=1)
-            codes, lyr_index, n_lyric = (upload(x, dev) for x in (codes, lyr_index, n_lyric))
-            self._layout_cache = (
-                key,
-                segment_onehot(codes),
-                lyr_index,
-                n_lyric,
-                codes.to(torch.int32),
-                lyr_index.to(torch.int32),
-                n_lyric.to(torch.int32),
-            )
+            self._layout_cache = (key, *_device_layout(cond_items, self._q_index.device))
 
     # ------------------------------------------------------------- reducers
     def _is_active(self) -> bool:
@@ -347,27 +333,34 @@ class CaptureSession:
         return ok
 
     def _reduce(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
+        # runs once per layer and step: the loop it sits in is bound by the host, so this path stays short
         li = self._layer_pos[layer]
-        if self._fused is None:
-            self._fused = self._use_fused(q)
-            self.capture.meta["reducer"] = "fused" if self._fused else "reference"
-        if self._fused:
-            if len(self._step_bufs) <= self._step_pos:
-                self._new_step_buffers(q)
-                self._stash_bytes = self._step_flushed = 0
-            if self.maps_mode is not False:  # maps for the selected heads: softmax(scale q kᵀ) in fp32
-                with torch.no_grad():
-                    qs = q.detach().index_select(2, self._q_index)
-                    maps = probabilities(qs, expand_kv(k.detach(), self._kv_index), self.adapter.facts.scale)
-                self._keep_map(li, maps)
-            # layers wait in a stash and go to the kernel together (one launch for many layers: the loop is bound
-            # by kernel launches on the host); the stash is flushed once it holds `stash_budget_bytes` of q and k
-            self._stash[li] = (q.detach(), k.detach())
-            self._stash_bytes += (q.numel() + k.numel()) * q.element_size()
-            seen = len(self._stash) + self._step_flushed  # distinct layers of this step so far
-            if self._stash_bytes >= self.stash_budget_bytes or seen >= len(self.layers):
-                self._flush_stash()
+        fused = self._fused
+        if fused is None:
+            fused = self._fused = self._use_fused(q)
+            self.capture.meta["reducer"] = "fused" if fused else "reference"
+            if fused:
+                self._tables = TableArena(q.device)
+        if not fused:
+            self._reduce_reference(li, q, k)
             return
+        if len(self._step_bufs) <= self._step_pos:
+            self._new_step_buffers(q)
+            self._stash_bytes = self._step_flushed = 0
+        if self.maps_mode is not False:  # maps for the selected heads: softmax(scale q kᵀ) in fp32
+            with torch.no_grad():
+                qs = q.detach().index_select(2, self._q_index)
+                maps = probabilities(qs, expand_kv(k.detach(), self._kv_index), self.adapter.facts.scale)
+            self._keep_map(li, maps)
+        # layers wait in a stash and go to the kernel together (one launch for many layers: the loop is bound by
+        # kernel launches on the host); the stash is flushed once it holds `stash_budget_bytes` of q and k
+        stash = self._stash
+        stash[li] = (q.detach() if q.requires_grad else q, k.detach() if k.requires_grad else k)
+        self._stash_bytes += q.nbytes + k.nbytes
+        if self._stash_bytes >= self.stash_budget_bytes or len(stash) + self._step_flushed >= self._n_layers:
+            self._flush_stash()  # (len(stash) + flushed: the distinct layers of this step seen so far)
+
+    def _reduce_reference(self, li: int, q: torch.Tensor, k: torch.Tensor) -> None:
         _, onehot, lyr_index, n_lyric = self._layout_cache[:4]
         keep_maps = self.maps_mode is not False
         with torch.no_grad():
@@ -449,6 +442,7 @@ class CaptureSession:
                 out=out,
                 slot=run[0],
                 heads_list=self.heads,
+                tables=self._tables,
             )
         self._done.update((self._step_pos, li) for li in slots)
         self._step_flushed += len(slots)
@@ -537,6 +531,35 @@ class CaptureSession:
         except StopIteration:
             pass
         cap.meta["dtype"] = dtype
+
+
+# The layout's device tensors, shared by captures of the same layout on the same device (a song generated again,
+# a training run): the kernel's launch plan, cached by the identity of these tensors, is then built once, not once
+# per capture (its ~40 small device operations cost the host more than the rest of a capture's first step).
+_DEVICE_LAYOUTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
+_DEVICE_LAYOUTS_MAX = 16
+
+
+def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(onehot, lyric_index, n_lyric, codes32, lyric_index32, n_lyric32)`` of a batch's items on ``dev``, built on
+    the host and moved without a synchronization (:func:`~attnlens.devices.upload`)."""
+    codes_l = [tuple(it.segment_codes().tolist()) for it in items]
+    lyric_l = [tuple(int(i) for i in it.lyric_positions()) for it in items]
+    key = (str(dev), tuple(codes_l), tuple(lyric_l))
+    hit = _DEVICE_LAYOUTS.get(key)
+    if hit is not None:
+        return hit
+    codes = torch.as_tensor(codes_l, dtype=torch.long)
+    lyr_index = torch.full_like(codes, -1)
+    for b, pos in enumerate(lyric_l):
+        lyr_index[b, list(pos)] = torch.arange(len(pos))
+    n_lyric = (lyr_index >= 0).sum(dim=1)
+    host = (segment_onehot(codes), lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int())
+    out = tuple(upload(x, dev) for x in host)
+    if len(_DEVICE_LAYOUTS) >= _DEVICE_LAYOUTS_MAX:
+        _DEVICE_LAYOUTS.pop(next(iter(_DEVICE_LAYOUTS)))
+    _DEVICE_LAYOUTS[key] = out
+    return out
 
 
 class _HostBlock:

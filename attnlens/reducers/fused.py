@@ -52,8 +52,8 @@ from typing import Literal
 
 import torch
 
-from ..devices import upload
-from .layer_table import layer_table
+from ..devices import TableArena, upload
+from .layer_table import layer_tables
 
 try:  # Triton is optional: CUDA builds of torch bring it
     import triton
@@ -750,6 +750,7 @@ def reduce_fused(
     num_warps: int | None = None,
     config: FusedConfig | str | None = None,
     heads_list: list[int] | None = None,
+    tables: TableArena | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics with the fused kernel.
 
@@ -763,7 +764,8 @@ def reduce_fused(
     ``config``: a :class:`FusedConfig` or a name in :data:`VARIANTS`; without it, :data:`DEFAULT_CONFIG`, or the
     v1 kernel with ``block_t``, ``block_s``, ``num_warps`` when any is given. The v2 kernel needs ``scale > 0``
     (the v1 kernel runs otherwise). ``heads_list``: ``heads`` as a host list, when the caller has it: the launch
-    plan then needs no read-back from the device.
+    plan then needs no read-back from the device. ``tables``: where the layers' offset tables go (a
+    :class:`~attnlens.devices.TableArena` allocates nothing per launch); without it, a small upload per launch.
     """
     if config is None and (block_t, block_s, num_warps) != (None, None, None):
         cfg = FusedConfig(block_t=block_t or 64, block_s=block_s or 64, num_warps=num_warps or 4)
@@ -783,8 +785,8 @@ def reduce_fused(
             q, k = torch.stack(list(q)), torch.stack(list(k))
         else:
             n_layers = len(q)
-            q, qoff = layer_table([x.contiguous() for x in q])
-            k, koff = layer_table([x.contiguous() for x in k])
+            groups = [[x.contiguous() for x in q], [x.contiguous() for x in k]]  # the kernel reads them dense
+            (q, k), (qoff, koff) = layer_tables(groups, tables)
     if qoff is None:
         n_layers = q.shape[0] if q.ndim == 5 else 1
     B, T, H, D = q.shape[-4:]

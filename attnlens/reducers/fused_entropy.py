@@ -41,7 +41,7 @@ import os
 
 import torch
 
-from .layer_table import layer_table
+from .layer_table import layer_tables
 
 try:  # Triton is optional: CUDA builds of torch bring it
     import triton
@@ -283,8 +283,7 @@ class _FusedEntropyFn(torch.autograd.Function):
         # kmask int8 [B,n] | None; kidx int [B,n] | None; w [B] | None
         L = len(qk) // 2
         qs, ks = [_unit_d(x) for x in qk[:L]], [_unit_d(x) for x in qk[L:]]
-        q, qoff = layer_table(qs)
-        k, koff = layer_table(ks)
+        (q, k), (qoff, koff) = layer_tables([qs, ks])  # one upload for both tables
         B, T, H, D = q.shape
         KVH = k.shape[2]
         S = kidx.shape[1] if kidx is not None else k.shape[1]  # keys the kernels walk over
@@ -316,8 +315,7 @@ class _FusedEntropyFn(torch.autograd.Function):
         L = ctx.L
         has_mask, has_idx, has_w = ctx.has
         kmask, kidx, w = (kmask if has_mask else None), (kidx if has_idx else None), (w if has_w else None)
-        q, qoff = layer_table(qk[:L])
-        k, koff = layer_table(qk[L:])
+        (q, k), (qoff, koff) = layer_tables([qk[:L], qk[L:]])
         layers = qoff is not None
         B, T, H, D = q.shape
         KVH = k.shape[2]

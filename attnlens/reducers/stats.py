@@ -41,10 +41,9 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
 
 def segment_onehot(seg_codes: torch.Tensor) -> torch.Tensor:
     """``[B, S]`` segment codes -> float ``[B, S, N_SEG]`` one-hot (unknown keys, code -1, are all zero)."""
-    oh = torch.zeros(*seg_codes.shape, N_SEG, dtype=torch.float32, device=seg_codes.device)
-    known = seg_codes >= 0
-    oh[known] = torch.nn.functional.one_hot(seg_codes[known], N_SEG).float()
-    return oh
+    known = seg_codes >= 0  # no boolean indexing: that would make a GPU wait for the host
+    oh = torch.nn.functional.one_hot(seg_codes.clamp(min=0).long(), N_SEG).float()
+    return oh * known.unsqueeze(-1)
 
 
 def frame_stats_from_logits(

@@ -1,0 +1,84 @@
+"""Small tables and layouts on the device: offset tables of several layers, the table arena, shared layouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlens.devices import TableArena
+from attnlens.reducers.layer_table import UNIT, layer_offsets, layer_tables
+
+
+def _layers_in(buf: torch.Tensor, starts: list[int], shape: tuple[int, ...]) -> list[torch.Tensor]:
+    n = 1
+    for s in shape:
+        n *= s
+    return [buf[s : s + n].view(shape) for s in starts]
+
+
+def test_layer_tables_gives_each_group_its_offsets_and_keeps_tables_aligned():
+    buf = torch.arange(4096, dtype=torch.float32)
+    qs = _layers_in(buf, [0, 320, 96], (2, 3, 16))  # 96 elements each, at multiples of 16
+    ks = _layers_in(buf, [1024, 2048], (4, 16))
+    (qb, kb), (qt, kt) = layer_tables([qs, ks])
+    assert qb is qs[0] and kb is ks[0]  # read in place: nothing copied
+    assert qt.tolist() == [0, 320 // UNIT, 96 // UNIT]
+    assert kt.tolist() == [0, (2048 - 1024) // UNIT]
+    assert kt.data_ptr() % 16 == 0  # three int64 entries padded to four: the second table starts 16-byte aligned
+    for base, tab, xs in ((qb, qt, qs), (kb, kt, ks)):
+        flat = base.reshape(-1)
+        for x, off in zip(xs, tab.tolist()):
+            got = torch.as_strided(flat, x.shape, x.stride(), base.storage_offset() + off * UNIT)
+            assert torch.equal(got, x)
+
+
+def test_layer_offsets_stacks_layers_it_cannot_reach_in_units_of_16():
+    buf = torch.arange(1024, dtype=torch.float32)
+    xs = _layers_in(buf, [0, 200, 40], (2, 16))  # 40 and 200 are not multiples of 16
+    base, offs = layer_offsets(xs)
+    assert base.data_ptr() != buf.data_ptr()
+    assert offs == [0, 2, 4]  # a new block, layer l at l * 32 elements
+    for x, off in zip(xs, offs):
+        got = torch.as_strided(base, x.shape, x.stride(), base.storage_offset() + off * UNIT)
+        assert torch.equal(got, x)
+    _, tables = layer_tables([xs[:1]])
+    assert tables == [None]  # one layer needs no table
+
+
+def test_table_arena_off_cuda_is_a_plain_tensor():
+    t = TableArena("cpu").put([3, 1, 4])
+    assert t.dtype == torch.int64 and t.tolist() == [3, 1, 4]
+
+
+def test_device_layout_is_shared_by_captures_of_one_layout():
+    from attnlens.captures import ItemLayout
+    from attnlens.captures.session import _device_layout
+    from attnlens.reducers.stats import N_SEG
+
+    a = ItemLayout.from_segment_lengths(lyric=3, lyric_meta=2, timbre=1, caption=2)
+    b = ItemLayout.from_segment_lengths(lyric=2, lyric_meta=3, timbre=1, caption=2)
+    dev = torch.device("cpu")
+    first = _device_layout([a, b], dev)
+    again = _device_layout([ItemLayout.from_segment_lengths(lyric=3, lyric_meta=2, timbre=1, caption=2), b], dev)
+    assert all(x is y for x, y in zip(first, again))  # same content: the same tensors (launch plans are reused)
+    other = _device_layout([b, a], dev)
+    assert other[0] is not first[0]
+    onehot, lidx, n_l, codes32, lidx32, n_l32 = first
+    assert onehot.shape == (2, 8, N_SEG) and torch.equal(onehot.sum(-1), torch.ones(2, 8))
+    assert lidx.tolist() == [[0, 1, 2, -1, -1, -1, -1, -1], [0, 1, -1, -1, -1, -1, -1, -1]]
+    assert n_l.tolist() == [3, 2] and torch.equal(n_l32, n_l.int()) and torch.equal(lidx32, lidx.int())
+    assert torch.equal(onehot.argmax(-1).int(), codes32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_table_arena_uploads_without_waiting_and_rolls_over():
+    arena = TableArena("cuda", size=8)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tabs = [arena.put([i, i + 1, i + 2]) for i in range(5)]  # 3 values take 4 places: two tables per slab
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert [t.tolist() for t in tabs] == [[i, i + 1, i + 2] for i in range(5)]
+    assert all(t.is_cuda and t.data_ptr() % 16 == 0 for t in tabs)
+    assert len({t.untyped_storage().data_ptr() for t in tabs}) == 3  # slabs of 8: 2 + 2 + 1 tables

@@ -122,7 +122,7 @@ SECTIONS = {  # attribute of attnlens.captures.session -> what it covers
     "CaptureSession._reduce": "per layer: stash q/k (includes the flushes below)",
     "CaptureSession._flush_stash": "one statistics launch per run of stashed layers (includes reduce_fused)",
     "reduce_fused": "launch plan, offset tables, kernel launch",
-    "fused.layer_table": "offset tables of the layers' q and k (in reduce_fused)",
+    "fused.layer_tables": "offset tables of the layers' q and k (in reduce_fused)",
     "fused._launch_plan": "key plan and head table, cached (in reduce_fused)",
     "CaptureSession._new_step_buffers": "per-step output buffers",
     "CaptureSession._on_step_end": "step end (includes the offload)",

@@ -102,6 +102,23 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; T={T}, {args.layers} layers per launch")
     for name, fn in pieces.items():
         print(f"  {per_call_us(fn, args.n, sync):8.1f} us  {name}")
+    # what a forward hook costs a module call (the capture taps norm_q and norm_k of every layer)
+    norm = torch.nn.RMSNorm(D, device=dev, dtype=torch.bfloat16)
+    x = qs[0]
+    print("module call (RMSNorm over q):")
+    print(f"  {per_call_us(lambda: norm(x), args.n, sync):8.1f} us  no hooks")
+    h = norm.register_forward_hook(lambda m, a, o: None)
+    print(f"  {per_call_us(lambda: norm(x), args.n, sync):8.1f} us  with a forward hook that does nothing")
+    h.remove()
+    orig = norm.forward
+
+    def wrapped(*a, **k):
+        out = orig(*a, **k)
+        return out
+
+    norm.forward = wrapped
+    print(f"  {per_call_us(lambda: norm(x), args.n, sync):8.1f} us  with the instance's forward wrapped")
+    del norm.forward
     import cProfile
     import pstats
 

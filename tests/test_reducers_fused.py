@@ -405,3 +405,20 @@ def test_capture_does_not_synchronize_the_gpu_mid_run():
             finally:
                 torch.cuda.set_sync_debug_mode(0)
     assert cap.meta["reducer"] == "fused" and cap.stats["entropy"].shape[:2] == (1, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_capture_keeps_each_steps_timestep_when_the_loop_refills_one_tensor():
+    """Timesteps on the GPU are read when the capture ends; a loop that refills one timestep tensor in place (as a
+    CUDA-graph loop does) must still leave every step's own value."""
+    import attnlens as al
+    from attnlens.captures import ItemLayout
+
+    tr, kw = _tiny_transformer(2)
+    layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
+    t = kw["timestep"]
+    with torch.no_grad(), al.capture(tr, layout=layout) as cap:
+        for value in (1.0, 0.75, 0.5):
+            t.fill_(value)
+            tr(**kw)
+    assert cap.timesteps == [1.0, 0.75, 0.5]

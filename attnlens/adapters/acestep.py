@@ -94,7 +94,8 @@ class AceStepAdapter:
 
     # ---------------------------------------------------------------- calls
     def timestep_of_call(self, args: tuple, kwargs: dict) -> Any:
-        """The call's ``t``: a float, or a 0-d tensor left on its device (reading it would synchronize a GPU)."""
+        """The call's ``t``: a float, or a 0-d tensor left on its device (reading it would synchronize a GPU): a copy,
+        since a loop may refill one timestep tensor in place from step to step."""
         t = kwargs.get("timestep")
         if t is None and len(args) > 1:
             t = args[1]
@@ -102,7 +103,7 @@ class AceStepAdapter:
             raise ValueError("transformer call without a `timestep` argument: cannot tell which step this is")
         if hasattr(t, "reshape"):
             t = t.detach().reshape(-1)[0]
-            return float(t) if t.device.type == "cpu" else t
+            return float(t) if t.device.type == "cpu" else t.clone()
         return float(t)
 
     def encoder_length_of_call(self, args: tuple, kwargs: dict) -> int | None:

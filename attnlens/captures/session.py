@@ -270,12 +270,13 @@ class CaptureSession:
     def _offload_step(self, pos: int) -> None:
         """Move a finished step's statistics to (pinned) CPU memory without waiting: GPU memory stays flat."""
         bufs = self._step_bufs[pos]
-        if next(iter(bufs.values())).device.type != "cuda":
+        if not bufs["entropy"].is_cuda:
             return
-        if self._host is None:
-            self._host = {name: _HostBlock(self._expected_steps()) for name in bufs}
+        host = self._host
+        if host is None:
+            host = self._host = {name: _HostBlock(self._expected_steps()) for name in bufs}
         with self._side_stream(*bufs.values()):
-            self._step_bufs[pos] = {name: self._host[name].put((pos,), buf) for name, buf in bufs.items()}
+            self._step_bufs[pos] = {name: host[name].put((pos,), buf) for name, buf in bufs.items()}
         self._pending_copies = True
 
     def _prepare_layout(self, args, kwargs) -> None:
@@ -284,6 +285,9 @@ class CaptureSession:
         layout = self.user_layout
         if layout is None and self.recorder is not None:
             layout = self.recorder.layout
+        key = (id(layout), B, S)
+        if self._layout_cache is not None and self._layout_cache[0] == key:
+            return  # as in the step before: labels, layout and device tensors stand
         cond_items: list[ItemLayout]
         if layout is None:
             cond_items = [ItemLayout.unknown(S) for _ in range(B)]
@@ -312,9 +316,7 @@ class CaptureSession:
             raise CaptureError(f"batch changed inside one capture: {self.capture.batch_labels} -> {labels}")
         self.capture.batch_labels = labels
         self.capture.layout = layout
-        key = (id(layout), B)
-        if self._layout_cache is None or self._layout_cache[0] != key:
-            self._layout_cache = (key, *_device_layout(cond_items, self._q_index.device))
+        self._layout_cache = (key, *_device_layout(cond_items, self._q_index.device))
 
     # ------------------------------------------------------------- reducers
     def _is_active(self) -> bool:

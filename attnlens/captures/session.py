@@ -146,7 +146,7 @@ class CaptureSession:
         self._pending_copies = False
         self._host: dict[str, _HostBlock] | None = None
         self._fused: bool | None = None
-        self._done: set[tuple[int, int]] = set()
+        self._done: dict[int, set[int]] = {}  # step position -> layer slots reduced by the fused kernel
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._stash_bytes = self._step_flushed = 0
         self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
@@ -156,9 +156,7 @@ class CaptureSession:
         self._n_layers = len(self.layers)
         self._tables: TableArena | None = None  # the layers' offset tables (fused path)
         dev = next(self.adapter.transformer.parameters()).device
-        self._kv_index = upload(torch.tensor([h // f.group for h in self.heads], dtype=torch.long), dev)
-        self._q_index = upload(torch.tensor(self.heads, dtype=torch.long), dev)
-        self._heads_i32 = self._q_index.to(torch.int32)
+        self._q_index, self._kv_index, self._heads_i32 = _device_heads(tuple(self.heads), f.group, dev)
 
     # ----------------------------------------------------------- lifecycle
     def __enter__(self) -> Capture:
@@ -204,7 +202,7 @@ class CaptureSession:
         self._stash = {}
         self._pending_q = {}
         self._maps_host = None
-        self._done = set()
+        self._done = {}
         self._t_pending = {}
         self._host = None
         self._layout_cache = None
@@ -446,7 +444,7 @@ class CaptureSession:
                 heads_list=self.heads,
                 tables=self._tables,
             )
-        self._done.update((self._step_pos, li) for li in slots)
+        self._done.setdefault(self._step_pos, set()).update(slots)
         self._step_flushed += len(slots)
         self._stash.clear()
         self._stash_bytes = 0
@@ -487,7 +485,10 @@ class CaptureSession:
             )
             return
         missing = [
-            (s, li) for s in range(ns) for li in range(nl) if (s, li) not in self._parts and (s, li) not in self._done
+            (s, li)
+            for s in range(ns)
+            for li in range(nl)
+            if (s, li) not in self._parts and li not in self._done.get(s, ())
         ]
         if self.keep_stats and missing:
             raise CaptureError(
@@ -535,11 +536,30 @@ class CaptureSession:
         cap.meta["dtype"] = dtype
 
 
-# The layout's device tensors, shared by captures of the same layout on the same device (a song generated again,
-# a training run): the kernel's launch plan, cached by the identity of these tensors, is then built once, not once
-# per capture (its ~40 small device operations cost the host more than the rest of a capture's first step).
+# The layout's and the heads' device tensors, shared by captures of the same layout and heads on the same device
+# (a song generated again, a training run): the kernel's launch plan, cached by the identity of these tensors, is
+# then built once, not once per capture (its ~40 small device operations cost the host more than the rest of a
+# capture's first step). A few small tensors per entry; the oldest entries go first.
 _DEVICE_LAYOUTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _DEVICE_LAYOUTS_MAX = 16
+
+
+def _remember(key: tuple, value: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    if len(_DEVICE_LAYOUTS) >= _DEVICE_LAYOUTS_MAX:
+        _DEVICE_LAYOUTS.pop(next(iter(_DEVICE_LAYOUTS)))
+    _DEVICE_LAYOUTS[key] = value
+    return value
+
+
+def _device_heads(heads: tuple[int, ...], group: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(query heads, their KV heads, query heads as int32)`` of a selection on ``dev``."""
+    key = ("heads", str(dev), heads, group)
+    hit = _DEVICE_LAYOUTS.get(key)
+    if hit is not None:
+        return hit
+    q_index = upload(torch.tensor(heads, dtype=torch.long), dev)
+    kv_index = upload(torch.tensor([h // group for h in heads], dtype=torch.long), dev)
+    return _remember(key, (q_index, kv_index, q_index.to(torch.int32)))
 
 
 def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Tensor, ...]:
@@ -557,11 +577,7 @@ def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Te
         lyr_index[b, list(pos)] = torch.arange(len(pos))
     n_lyric = (lyr_index >= 0).sum(dim=1)
     host = (segment_onehot(codes), lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int())
-    out = tuple(upload(x, dev) for x in host)
-    if len(_DEVICE_LAYOUTS) >= _DEVICE_LAYOUTS_MAX:
-        _DEVICE_LAYOUTS.pop(next(iter(_DEVICE_LAYOUTS)))
-    _DEVICE_LAYOUTS[key] = out
-    return out
+    return _remember(key, tuple(upload(x, dev) for x in host))
 
 
 class _HostBlock:

@@ -30,14 +30,13 @@ def layer_offsets(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
         raise ValueError(f"one launch over several layers needs them on one device; got {devices}")
     unit = UNIT * base.element_size()
     b0, shape, stride, dtype = base.data_ptr(), base.shape, base.stride(), base.dtype
-    offs: list[int] = []
-    for x in xs:
-        d = x.data_ptr() - b0
-        if d % unit or x.shape != shape or x.stride() != stride or x.dtype != dtype:
-            break
-        offs.append(d // unit)
-    else:
-        return base, offs
+    dist = [x.data_ptr() - b0 for x in xs]
+    if (
+        all(d % unit == 0 for d in dist)
+        and all(x.shape == shape and x.dtype == dtype for x in xs)
+        and all(x.stride() == stride for x in xs)
+    ):
+        return base, [d // unit for d in dist]
     # layer l at l · numel, a multiple of 16 when the last dim is (head_dim >= 16)
     block = torch.stack([x.contiguous() for x in xs])
     base = block[0]

@@ -120,10 +120,10 @@ SECTIONS = {  # attribute of attnlens.captures.session -> what it covers
     "CaptureSession.__enter__": "registering the hooks",
     "CaptureSession._on_step_begin": "step start: timestep, layout",
     "CaptureSession._reduce": "per layer: stash q/k (includes the flushes below)",
-    "CaptureSession._flush_stash": "one statistics launch per run of stashed layers (includes reduce_fused)",
-    "reduce_fused": "launch plan, offset tables, kernel launch",
-    "fused.layer_tables": "offset tables of the layers' q and k (in reduce_fused)",
-    "fused._launch_plan": "key plan and head table, cached (in reduce_fused)",
+    "CaptureSession._flush_stash": "one statistics launch per run of stashed layers (includes the launcher)",
+    "StatsLauncher.__call__": "offset tables and kernel launch",
+    "fused.layer_tables": "offset tables of the layers' q and k (in the launcher)",
+    "StatsLauncher.__init__": "launch plan and constant arguments, once per layout",
     "CaptureSession._new_step_buffers": "per-step output buffers",
     "CaptureSession._on_step_end": "step end (includes the offload)",
     "CaptureSession._offload_step": "copies of a step's statistics to pinned host memory",
@@ -156,7 +156,13 @@ def sections(captured, n: int) -> None:
 
     import attnlens.reducers.fused as fused
 
-    owners = {"": sess, "CaptureSession": sess.CaptureSession, "torch.cuda": torch.cuda, "fused": fused}
+    owners = {
+        "": sess,
+        "CaptureSession": sess.CaptureSession,
+        "StatsLauncher": sess.StatsLauncher,
+        "torch.cuda": torch.cuda,
+        "fused": fused,
+    }
     for label in SECTIONS:
         cls, _, attr = label.rpartition(".")
         wrap(al if label == "capture" else owners[cls], attr, label)

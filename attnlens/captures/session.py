@@ -16,6 +16,7 @@ Hooks (all removed in ``finally``, also when the pipeline raises):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from .. import __version__
 from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
 from ..devices import TableArena, upload
-from ..reducers.fused import fused_available, reduce_fused
+from ..reducers.fused import StatsLauncher, fused_available, reduce_fused
 from ..reducers.stats import expand_kv, probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
@@ -155,6 +156,7 @@ class CaptureSession:
         self.stash_budget_bytes = 64 << 20
         self._n_layers = len(self.layers)
         self._tables: TableArena | None = None  # the layers' offset tables (fused path)
+        self._launcher: tuple[Any, Any] | None = None  # (layout cache it was built for, statistics launcher)
         dev = next(self.adapter.transformer.parameters()).device
         self._q_index, self._kv_index, self._heads_i32 = _device_heads(tuple(self.heads), f.group, dev)
 
@@ -208,6 +210,7 @@ class CaptureSession:
         self._layout_cache = None
         self._copy_stream = None
         self._tables = None
+        self._launcher = None
 
     # --------------------------------------------------------------- steps
     def _total_steps(self) -> int | None:
@@ -417,8 +420,7 @@ class CaptureSession:
     def _flush_stash(self) -> None:
         """Run the kernel over the stashed layers: one launch per run of consecutive slots (layers arrive in the
         model's order; a selection listed out of order can split a stash)."""
-        _, _, _, _, seg32, lidx32, nl32 = self._layout_cache
-        f = self.adapter.facts
+        launch = self._stats_launcher()
         out = self._step_bufs[self._step_pos]
         slots = sorted(self._stash)
         runs: list[list[int]] = []
@@ -430,24 +432,25 @@ class CaptureSession:
         for run in runs:
             qs = [self._stash[li][0] for li in run]
             ks = [self._stash[li][1] for li in run]
-            reduce_fused(
-                qs,
-                ks,
-                f.scale,
-                self._heads_i32,
-                f.group,
-                seg32,
-                lidx32,
-                nl32,
-                out=out,
-                slot=run[0],
-                heads_list=self.heads,
-                tables=self._tables,
-            )
+            launch(qs, ks, out=out, slot=run[0])
         self._done.setdefault(self._step_pos, set()).update(slots)
         self._step_flushed += len(slots)
         self._stash.clear()
         self._stash_bytes = 0
+
+    def _stats_launcher(self) -> Any:
+        """The statistics kernel for this capture's layout and heads, resolved once per layout."""
+        lc = self._layout_cache
+        if self._launcher is None or self._launcher[0] is not lc:
+            _, _, _, _, seg32, lidx32, nl32 = lc
+            f = self.adapter.facts
+            args = (f.scale, self._heads_i32, f.group, seg32, lidx32, nl32)
+            if f.scale > 0:
+                fn = StatsLauncher(*args, heads_list=self.heads, tables=self._tables)
+            else:  # the v2 kernel needs scale > 0: reduce_fused picks the kernel that takes it
+                fn = functools.partial(reduce_fused, *args, heads_list=self.heads, tables=self._tables)
+            self._launcher = (lc, fn)
+        return self._launcher[1]
 
     def _new_step_buffers(self, q: torch.Tensor) -> None:
         """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer."""

@@ -777,62 +777,126 @@ def reduce_fused(
         cfg = config
     if cfg.kernel == "v2" and not scale > 0:
         cfg = replace(FusedConfig(), **{f: getattr(cfg, f) for f in ("block_t", "block_s", "num_warps", "num_stages")})
-    qoff = koff = None
-    if isinstance(q, (list, tuple)):  # one launch over several layers' tensors, read in place
-        if len(q) != len(k) or not q:
-            raise ValueError(f"need one key tensor per query tensor; got {len(q)} and {len(k)}")
-        if cfg.kernel == "v1":
-            q, k = torch.stack(list(q)), torch.stack(list(k))
-        else:
-            n_layers = len(q)
-            groups = [[x.contiguous() for x in q], [x.contiguous() for x in k]]  # the kernel reads them dense
-            (q, k), (qoff, koff) = layer_tables(groups, tables)
-    if qoff is None:
-        n_layers = q.shape[0] if q.ndim == 5 else 1
+    if cfg.kernel == "v2":
+        launcher = StatsLauncher(scale, heads, group, seg_codes, lyric_index, n_lyric, cfg, heads_list, tables)
+        return launcher(q, k, out, slot)
+    if isinstance(q, (list, tuple)):  # v1: several layers stacked into one block
+        _check_lists(q, k)
+        q, k = torch.stack(list(q)), torch.stack(list(k))
+    n_layers = q.shape[0] if q.ndim == 5 else 1
     B, T, H, D = q.shape[-4:]
     S, KVH = k.shape[-3], k.shape[-2]
     h = heads.numel()
     if out is None:
-        dev, lead = q.device, ((n_layers,) if n_layers > 1 or q.ndim == 5 else ())
-        out = {
-            "entropy": torch.empty(*lead, B, h, T, device=dev, dtype=torch.float32),
-            "mass": torch.empty(*lead, B, h, T, 5, device=dev, dtype=torch.float32),
-            "argmax": torch.empty(*lead, B, h, T, device=dev, dtype=torch.int32),
-            "entropy_lyric": torch.empty(*lead, B, h, T, device=dev, dtype=torch.float32),
-            "lyric_argmax": torch.empty(*lead, B, h, T, device=dev, dtype=torch.int32),
-        }
-        slot = 0
-    if not q.is_contiguous():
-        q = q.contiguous()
-    if not k.is_contiguous():
-        k = k.contiguous()
-    inv_log_s = 1.0 / math.log(S) if S > 1 else 0.0
+        out, slot = _new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T), 0
+    q, k = q.contiguous(), k.contiguous()
+    grid = ((T + cfg.block_t - 1) // cfg.block_t, B * h, n_layers)
+    _stats_kernel[grid](
+        q, k, seg_codes, lyric_index, n_lyric, heads,
+        out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
+        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), _inv_log(S),
+        D=D, BLOCK_T=cfg.block_t, BLOCK_S=cfg.block_s, IEEE=q.dtype == torch.float32, **_launch_options(cfg),
+    )  # fmt: skip
+    return out
+
+
+def _check_lists(q: list | tuple, k: list | tuple) -> None:
+    if len(q) != len(k) or not q:
+        raise ValueError(f"need one key tensor per query tensor; got {len(q)} and {len(k)}")
+
+
+def _inv_log(S: int) -> float:
+    return 1.0 / math.log(S) if S > 1 else 0.0
+
+
+def _launch_options(cfg: FusedConfig) -> dict[str, int]:
     launch = {"num_warps": cfg.num_warps}
     if cfg.num_stages is not None:
         launch["num_stages"] = cfg.num_stages
     if cfg.maxnreg is not None:
         launch["maxnreg"] = cfg.maxnreg
-    bt, bs = cfg.block_t, cfg.block_s
-    if cfg.kernel == "v1":
-        grid = ((T + bt - 1) // bt, B * h, n_layers)
-        _stats_kernel[grid](
-            q, k, seg_codes, lyric_index, n_lyric, heads,
+    return launch
+
+
+def _new_outputs(dev: torch.device, lead: tuple[int, ...], B: int, h: int, T: int) -> dict[str, torch.Tensor]:
+    f32, i32 = torch.float32, torch.int32
+    return {
+        "entropy": torch.empty(*lead, B, h, T, device=dev, dtype=f32),
+        "mass": torch.empty(*lead, B, h, T, 5, device=dev, dtype=f32),
+        "argmax": torch.empty(*lead, B, h, T, device=dev, dtype=i32),
+        "entropy_lyric": torch.empty(*lead, B, h, T, device=dev, dtype=f32),
+        "lyric_argmax": torch.empty(*lead, B, h, T, device=dev, dtype=i32),
+    }
+
+
+class StatsLauncher:
+    """The v2 statistics kernel for one layout, head selection, scale and configuration, resolved once: the launch
+    plan, the head table and the constant arguments. A call then costs the host only the layers' offset tables and
+    the launch (a capture launches once per run of stashed layers, in a loop bound by the host).
+
+    ``launcher(q, k, out=None, slot=0)`` takes what :func:`reduce_fused` takes (one layer, stacked layers or lists)
+    and returns the dict of outputs.
+    """
+
+    def __init__(
+        self,
+        scale: float,
+        heads: torch.Tensor,
+        group: int,
+        seg_codes: torch.Tensor,
+        lyric_index: torch.Tensor,
+        n_lyric: torch.Tensor,
+        cfg: FusedConfig = DEFAULT_CONFIG,
+        heads_list: list[int] | None = None,
+        tables: TableArena | None = None,
+    ):
+        if cfg.kernel != "v2" or not scale > 0:
+            raise ValueError(
+                f"StatsLauncher runs the v2 kernel with scale > 0; got kernel {cfg.kernel!r}, scale {scale}"
+            )
+        plan, tab, G = _launch_plan(seg_codes, lyric_index, heads, group, cfg, heads_list)
+        self.tables = tables
+        self.h = heads.numel()
+        self.n_prog = self.h // G
+        self.block_t = cfg.block_t
+        # pointer arguments after q, k and the two offset tables; then the outputs
+        self._plan_args = (plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab)
+        self._shape_args = (plan.order.shape[1], plan.desc.shape[1])  # s_pad, nb
+        self._group, self._scale = group, float(scale)
+        self._scale2 = float(scale) * math.log2(math.e)
+        self._flags = dict(
+            BLOCK_T=cfg.block_t, BLOCK_S=cfg.block_s, G=G, EXP2=cfg.exp2, LYR=_LYRIC_CODE[cfg.lyric],
+            ORDER=cfg.order, ARGMAX=_ARGMAX_CODE[cfg.argmax], **_launch_options(cfg),
+        )  # fmt: skip
+
+    def __call__(
+        self,
+        q: torch.Tensor | list[torch.Tensor],
+        k: torch.Tensor | list[torch.Tensor],
+        out: dict[str, torch.Tensor] | None = None,
+        slot: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        qoff = koff = None
+        if isinstance(q, (list, tuple)):  # one launch over several layers' tensors, read in place
+            _check_lists(q, k)
+            n_layers = len(q)
+            groups = [[x.contiguous() for x in q], [x.contiguous() for x in k]]  # the kernel reads them dense
+            (q, k), (qoff, koff) = layer_tables(groups, self.tables)
+        else:
+            n_layers = q.shape[0] if q.ndim == 5 else 1
+            q, k = q.contiguous(), k.contiguous()
+        B, T, H, D = q.shape[-4:]
+        S, KVH = k.shape[-3], k.shape[-2]
+        h = self.h
+        if out is None:
+            lead = (n_layers,) if n_layers > 1 or q.ndim == 5 else ()
+            out, slot = _new_outputs(q.device, lead, B, h, T), 0
+        grid = ((T + self.block_t - 1) // self.block_t, B * self.n_prog, n_layers)
+        _stats_kernel_v2[grid](
+            q, k, q if qoff is None else qoff, k if koff is None else koff, *self._plan_args,
             out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-            slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), inv_log_s,
-            D=D, BLOCK_T=bt, BLOCK_S=bs, IEEE=q.dtype == torch.float32, **launch,
+            slot * B * h * T, B, T, S, *self._shape_args, H, KVH, h, self.n_prog, self._group,
+            self._scale, self._scale2, _inv_log(S),
+            D=D, IEEE=q.dtype == torch.float32, LAYERS=qoff is not None, **self._flags,
         )  # fmt: skip
         return out
-    plan, tab, G = _launch_plan(seg_codes, lyric_index, heads, group, cfg, heads_list)
-    n_prog = h // G
-    s_pad, nb = plan.order.shape[1], plan.desc.shape[1]
-    grid = ((T + bt - 1) // bt, B * n_prog, n_layers)
-    _stats_kernel_v2[grid](
-        q, k, qoff if qoff is not None else q, koff if koff is not None else k, plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab,
-        out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-        slot * B * h * T, B, T, S, s_pad, nb, H, KVH, h, n_prog, group,
-        float(scale), float(scale) * math.log2(math.e), inv_log_s,
-        D=D, BLOCK_T=bt, BLOCK_S=bs, G=G, IEEE=q.dtype == torch.float32,
-        EXP2=cfg.exp2, LYR=_LYRIC_CODE[cfg.lyric], ORDER=cfg.order, ARGMAX=_ARGMAX_CODE[cfg.argmax],
-        LAYERS=qoff is not None, **launch,
-    )  # fmt: skip
-    return out

@@ -280,14 +280,22 @@ def test_capture_fused_equals_reference_on_a_transformer():
     launches = []
     real = sess.StatsLauncher.__call__
 
-    def counted(self, q, *a, **kw):
+    def counted(self, q, k, *a, **kw):
         launches.append(len(q) if isinstance(q, list) else 1)
-        return real(self, q, *a, **kw)
+        sizes.append(sum(x.nbytes for x in (*q, *k)))
+        return real(self, q, k, *a, **kw)
+
+    sizes: list[int] = []
 
     # (layers, stash budget, layers per launch): one layer; both in one launch (also when listed out of the model's
-    # order); a budget of 0 flushes every layer on its own
-    cases = (([1], 128 << 20, [1]), (None, 128 << 20, [2]), ([1, 0], 128 << 20, [2]), (None, 0, [1, 1]))
+    # order); a budget of 0 flushes every layer on its own; a step that just fits goes whole, one that does not
+    # goes in chunks of half the budget (here: one layer each)
+    layer_bytes = None
+    cases = [([1], 128 << 20, [1]), (None, 128 << 20, [2]), ([1, 0], 128 << 20, [2]), (None, 0, [1, 1])]
+    cases += [(None, "2 layers", [2]), (None, "2 layers - 1", [1, 1])]
     for layers, budget, per_launch in cases:
+        if isinstance(budget, str):
+            budget = 2 * layer_bytes - (1 if budget.endswith("- 1") else 0)
         caps = {}
         for red in ("reference", "fused"):
             session = al.capture(tr, layers=layers, heads=[0, 7, 15], layout=layout, reducer=red)
@@ -302,6 +310,8 @@ def test_capture_fused_equals_reference_on_a_transformer():
             caps[red] = cap
             if red == "fused":
                 assert launches == per_launch, (layers, budget, launches)
+                if layers is None and budget == 128 << 20:
+                    layer_bytes = sizes[-1] // 2  # the two layers' q and k of the whole-step launch
         assert caps["fused"].meta["reducer"] == "fused" and caps["reference"].meta["reducer"] == "reference"
         for name, ref in caps["reference"].stats.items():
             got = caps["fused"].stats[name]

@@ -78,9 +78,11 @@ def _as_layout(layout: Any) -> Layout | None:
 class CaptureSession:
     """State of one capture. Use :func:`capture`.
 
-    ``stash_budget_bytes`` (default 64 MiB): on the fused path, layers' queries and keys wait in a stash and go to
-    the statistics kernel together once the stash holds this many bytes or the step's last layer has arrived; a
-    larger budget means fewer kernel launches per step and more GPU memory held (0: one launch per layer).
+    ``stash_budget_bytes`` (default 128 MiB): on the fused path, layers' queries and keys wait in a stash and go to
+    the statistics kernel together. A step whose queries and keys fit in the budget (judged from its first layer
+    times the number of layers) goes in one launch at its end; a larger step goes in chunks of half the budget, so
+    that the stash and the step's output buffers together stay a few percent of the model's memory. A larger
+    budget means fewer kernel launches per step and more GPU memory held (0: one launch per layer).
     """
 
     def __init__(
@@ -153,7 +155,8 @@ class CaptureSession:
         self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
         self._maps_host: _HostBlock | None = None
         self._copy_stream: Any = None  # CUDA side stream for device -> host copies
-        self.stash_budget_bytes = 64 << 20
+        self.stash_budget_bytes = 128 << 20
+        self._flush_at = self.stash_budget_bytes  # this step's flush size (set at its first layer)
         self._n_layers = len(self.layers)
         self._tables: TableArena | None = None  # the layers' offset tables (fused path)
         self._launcher: tuple[Any, Any] | None = None  # (layout cache it was built for, statistics launcher)
@@ -347,20 +350,23 @@ class CaptureSession:
         if not fused:
             self._reduce_reference(li, q, k)
             return
-        if len(self._step_bufs) <= self._step_pos:
+        if len(self._step_bufs) <= self._step_pos:  # the step's first layer
             self._new_step_buffers(q)
             self._stash_bytes = self._step_flushed = 0
+            budget = self.stash_budget_bytes
+            whole = (q.nbytes + k.nbytes) * self._n_layers <= budget
+            self._flush_at = budget if whole else budget // 2
         if self.maps_mode is not False:  # maps for the selected heads: softmax(scale q kᵀ) in fp32
             with torch.no_grad():
                 qs = q.detach().index_select(2, self._q_index)
                 maps = probabilities(qs, expand_kv(k.detach(), self._kv_index), self.adapter.facts.scale)
             self._keep_map(li, maps)
         # layers wait in a stash and go to the kernel together (one launch for many layers: the loop is bound by
-        # kernel launches on the host); the stash is flushed once it holds `stash_budget_bytes` of q and k
+        # kernel launches on the host); the stash is flushed once it holds `_flush_at` bytes of q and k
         stash = self._stash
         stash[li] = (q.detach() if q.requires_grad else q, k.detach() if k.requires_grad else k)
         self._stash_bytes += q.nbytes + k.nbytes
-        if self._stash_bytes >= self.stash_budget_bytes or len(stash) + self._step_flushed >= self._n_layers:
+        if self._stash_bytes >= self._flush_at or len(stash) + self._step_flushed >= self._n_layers:
             self._flush_stash()  # (len(stash) + flushed: the distinct layers of this step seen so far)
 
     def _reduce_reference(self, li: int, q: torch.Tensor, k: torch.Tensor) -> None:

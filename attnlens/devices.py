@@ -26,12 +26,17 @@ class TableArena:
     :meth:`put` writes the values into a pinned host slab and issues one non-blocking copy of that stretch to the
     same place in a device slab; the device stretch is returned. Every place of a slab is written once, so a write
     never touches host memory that a pending copy still reads; a full slab is replaced by a new pair (PyTorch frees
-    the old ones once their copies, and the kernels that read them, are done). Tables start at multiples of 16
-    bytes. On a device other than CUDA, ``put`` is a plain ``torch.tensor(values, device=device)``.
+    the old host slab once its copies are done, and the old device slab in the order of the stream it was allocated
+    on). Use one arena per stream: the tables and the kernels that read them must run on the stream that was
+    current when the arena's slab was allocated (as a capture's do). Tables start at multiples of 16 bytes. On a
+    device other than CUDA, ``put`` is a plain ``torch.tensor(values, device=device)``.
     """
 
     def __init__(self, device: Any, size: int = 4096):
-        self.device = torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
         self.size = int(size)
         self._pos = self.size  # no slab yet: the first put allocates
         self._host: torch.Tensor | None = None
@@ -41,7 +46,7 @@ class TableArena:
     def put(self, values: Sequence[int]) -> torch.Tensor:
         """``values`` as an int64 tensor ``[len(values)]`` on the device (the copy is queued, not waited for)."""
         n = len(values)
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or n == 0:
             return torch.tensor(values, dtype=torch.int64, device=self.device)
         span = n + (n & 1)  # keep the next table 16-byte aligned
         if self._pos + span > self.size:

@@ -45,9 +45,29 @@ def test_layer_offsets_stacks_layers_it_cannot_reach_in_units_of_16():
     assert tables == [None]  # one layer needs no table
 
 
-def test_table_arena_off_cuda_is_a_plain_tensor():
-    t = TableArena("cpu").put([3, 1, 4])
-    assert t.dtype == torch.int64 and t.tolist() == [3, 1, 4]
+def test_layer_tables_refuses_groups_on_different_devices():
+    cpu = [torch.zeros(2, 16), torch.zeros(2, 16)]
+    meta = [torch.empty(2, 16, device="meta")] * 2
+    with pytest.raises(ValueError, match=r"one device; got \['cpu', 'meta'\]"):
+        layer_tables([cpu, meta])
+    with pytest.raises(ValueError, match="needs them on one device"):
+        layer_tables([[cpu[0], meta[0]]])
+
+
+def test_layer_tables_takes_tables_from_an_arena_of_the_same_device_only():
+    buf = torch.arange(512, dtype=torch.float32)
+    xs = _layers_in(buf, [0, 64], (4, 16))
+    put = []
+
+    class Recording(TableArena):
+        def put(self, values):
+            put.append(list(values))
+            return super().put(values)
+
+    _, (tab,) = layer_tables([xs], Recording("cpu"))
+    assert put == [[0, 4]] and tab.tolist() == [0, 4]
+    _, (tab,) = layer_tables([xs], Recording("meta"))  # an arena for another device is passed over
+    assert put == [[0, 4]] and tab.device.type == "cpu" and tab.tolist() == [0, 4]
 
 
 def test_device_layout_is_shared_by_captures_of_one_layout():

@@ -407,6 +407,7 @@ def test_capture_does_not_synchronize_the_gpu_mid_run():
         from attnlens.reducers import fused
 
         session._DEVICE_LAYOUTS.clear()  # a first capture of this layout: its tensors and launch plan built anew
+        session._DEVICE_HEADS.clear()
         fused._CACHE.clear()
         with al.capture(tr, layout=layout) as cap:
             torch.cuda.set_sync_debug_mode("error")
@@ -432,3 +433,66 @@ def test_capture_keeps_each_steps_timestep_when_the_loop_refills_one_tensor():
             t.fill_(value)
             tr(**kw)
     assert cap.timesteps == [1.0, 0.75, 0.5]
+
+
+def test_capture_builds_the_launch_plan_once_for_captures_of_one_layout():
+    """Captures of one layout and heads share its device tensors, so the kernel's launch plan (about 40 small device
+    operations) is built by the first capture only."""
+    import attnlens as al
+    from attnlens.captures import ItemLayout, session
+    from attnlens.reducers import fused
+
+    tr, kw = _tiny_transformer(2)
+    session._DEVICE_LAYOUTS.clear()
+    session._DEVICE_HEADS.clear()
+    fused._CACHE.clear()
+    builds = []
+    real = fused.key_plan
+
+    def counted(*a, **k):
+        builds.append(1)
+        return real(*a, **k)
+
+    fused.key_plan = counted
+    try:
+        caps = []
+        for _ in range(2):
+            layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
+            with al.capture(tr, layout=layout, reducer="fused") as cap, torch.no_grad():
+                tr(**kw)
+            caps.append(cap)
+        assert len(builds) == 1
+        other = ItemLayout.from_segment_lengths(lyric=4, lyric_meta=3, timbre=1, caption=3, padding=1)
+        with al.capture(tr, layout=other, reducer="fused"), torch.no_grad():
+            tr(**kw)
+        assert len(builds) == 2  # another layout: a plan of its own
+    finally:
+        fused.key_plan = real
+    for name in caps[0].stats:
+        assert torch.equal(caps[0].stats[name], caps[1].stats[name]), name
+
+
+def test_capture_with_a_zero_scale_takes_the_kernel_that_accepts_it():
+    """The v2 kernel needs scale > 0; with scale 0 (every key equally likely) the capture runs the v1 kernel and
+    agrees with the reference path."""
+    import dataclasses
+
+    import attnlens as al
+    from attnlens.captures import ItemLayout
+
+    tr, kw = _tiny_transformer(2)
+    layout = ItemLayout.from_segment_lengths(lyric=5, lyric_meta=2, timbre=1, caption=3, padding=1)
+    caps = {}
+    for red in ("reference", "fused"):
+        ses = al.capture(tr, layout=layout, reducer=red)
+        ses.adapter.facts = dataclasses.replace(ses.adapter.facts, scale=0.0)
+        with ses as cap, torch.no_grad():
+            tr(**kw)
+        caps[red] = cap
+    assert caps["fused"].meta["reducer"] == "fused"
+    ent = caps["fused"].stats["entropy"]
+    assert torch.allclose(ent, torch.ones_like(ent), atol=1e-6)  # uniform over all keys: normalized entropy 1
+    for name, ref in caps["reference"].stats.items():
+        got = caps["fused"].stats[name]
+        if got.is_floating_point():
+            assert torch.allclose(got, ref, atol=1e-5), name

@@ -16,7 +16,6 @@ Hooks (all removed in ``finally``, also when the pipeline raises):
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -451,10 +450,14 @@ class CaptureSession:
             _, _, _, _, seg32, lidx32, nl32 = lc
             f = self.adapter.facts
             args = (f.scale, self._heads_i32, f.group, seg32, lidx32, nl32)
+            opts = {"heads_list": self.heads, "tables": self._tables}
             if f.scale > 0:
-                fn = StatsLauncher(*args, heads_list=self.heads, tables=self._tables)
+                fn = StatsLauncher(*args, **opts)
             else:  # the v2 kernel needs scale > 0: reduce_fused picks the kernel that takes it
-                fn = functools.partial(reduce_fused, *args, heads_list=self.heads, tables=self._tables)
+
+                def fn(q, k, out=None, slot=0):
+                    return reduce_fused(q, k, *args, out=out, slot=slot, **opts)
+
             self._launcher = (lc, fn)
         return self._launcher[1]
 
@@ -548,27 +551,33 @@ class CaptureSession:
 # The layout's and the heads' device tensors, shared by captures of the same layout and heads on the same device
 # (a song generated again, a training run): the kernel's launch plan, cached by the identity of these tensors, is
 # then built once, not once per capture (its ~40 small device operations cost the host more than the rest of a
-# capture's first step). A few small tensors per entry; the oldest entries go first.
+# capture's first step). A few small tensors per entry; the least recently used entries go first.
 _DEVICE_LAYOUTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
-_DEVICE_LAYOUTS_MAX = 16
+_DEVICE_HEADS: dict[tuple, tuple[torch.Tensor, ...]] = {}
+_DEVICE_CACHE_MAX = 16
 
 
-def _remember(key: tuple, value: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    if len(_DEVICE_LAYOUTS) >= _DEVICE_LAYOUTS_MAX:
-        _DEVICE_LAYOUTS.pop(next(iter(_DEVICE_LAYOUTS)))
-    _DEVICE_LAYOUTS[key] = value
-    return value
+def _recall(cache: dict[tuple, tuple[torch.Tensor, ...]], key: tuple, build: Any) -> tuple[torch.Tensor, ...]:
+    """``cache[key]``, built with ``build()`` when missing; least recently used entries are dropped past
+    ``_DEVICE_CACHE_MAX``."""
+    hit = cache.pop(key, None)
+    if hit is None:
+        hit = build()
+        while len(cache) >= _DEVICE_CACHE_MAX:
+            cache.pop(next(iter(cache)))
+    cache[key] = hit  # (re)inserted last: the most recently used
+    return hit
 
 
 def _device_heads(heads: tuple[int, ...], group: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
     """``(query heads, their KV heads, query heads as int32)`` of a selection on ``dev``."""
-    key = ("heads", str(dev), heads, group)
-    hit = _DEVICE_LAYOUTS.get(key)
-    if hit is not None:
-        return hit
-    q_index = upload(torch.tensor(heads, dtype=torch.long), dev)
-    kv_index = upload(torch.tensor([h // group for h in heads], dtype=torch.long), dev)
-    return _remember(key, (q_index, kv_index, q_index.to(torch.int32)))
+
+    def build() -> tuple[torch.Tensor, ...]:
+        q_index = upload(torch.tensor(heads, dtype=torch.long), dev)
+        kv_index = upload(torch.tensor([h // group for h in heads], dtype=torch.long), dev)
+        return q_index, kv_index, q_index.to(torch.int32)
+
+    return _recall(_DEVICE_HEADS, (str(dev), heads, group), build)
 
 
 def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Tensor, ...]:
@@ -576,17 +585,17 @@ def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Te
     the host and moved without a synchronization (:func:`~attnlens.devices.upload`)."""
     codes_l = [tuple(it.segment_codes().tolist()) for it in items]
     lyric_l = [tuple(int(i) for i in it.lyric_positions()) for it in items]
-    key = (str(dev), tuple(codes_l), tuple(lyric_l))
-    hit = _DEVICE_LAYOUTS.get(key)
-    if hit is not None:
-        return hit
-    codes = torch.as_tensor(codes_l, dtype=torch.long)
-    lyr_index = torch.full_like(codes, -1)
-    for b, pos in enumerate(lyric_l):
-        lyr_index[b, list(pos)] = torch.arange(len(pos))
-    n_lyric = (lyr_index >= 0).sum(dim=1)
-    host = (segment_onehot(codes), lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int())
-    return _remember(key, tuple(upload(x, dev) for x in host))
+
+    def build() -> tuple[torch.Tensor, ...]:
+        codes = torch.as_tensor(codes_l, dtype=torch.long)
+        lyr_index = torch.full_like(codes, -1)
+        for b, pos in enumerate(lyric_l):
+            lyr_index[b, list(pos)] = torch.arange(len(pos))
+        n_lyric = (lyr_index >= 0).sum(dim=1)
+        host = (segment_onehot(codes), lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int())
+        return tuple(upload(x, dev) for x in host)
+
+    return _recall(_DEVICE_LAYOUTS, (str(dev), tuple(codes_l), tuple(lyric_l)), build)
 
 
 class _HostBlock:

@@ -846,10 +846,11 @@ class StatsLauncher:
         seg_codes: torch.Tensor,
         lyric_index: torch.Tensor,
         n_lyric: torch.Tensor,
-        cfg: FusedConfig = DEFAULT_CONFIG,
+        cfg: FusedConfig | None = None,
         heads_list: list[int] | None = None,
         tables: TableArena | None = None,
     ):
+        cfg = cfg or DEFAULT_CONFIG
         if cfg.kernel != "v2" or not scale > 0:
             raise ValueError(
                 f"StatsLauncher runs the v2 kernel with scale > 0; got kernel {cfg.kernel!r}, scale {scale}"

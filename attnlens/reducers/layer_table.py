@@ -71,7 +71,10 @@ def layer_tables(
         raise ValueError(
             f"one launch needs all its tensors on one device; got {sorted({str(b.device) for b in bases})}"
         )
-    tab = arena.put(flat) if arena is not None else upload(torch.tensor(flat, dtype=torch.int64), dev)
+    if arena is not None and arena.device == dev:
+        tab = arena.put(flat)
+    else:  # no arena, or one for another device
+        tab = upload(torch.tensor(flat, dtype=torch.int64), dev)
     return bases, [None if s is None else tab[s[0] : s[0] + s[1]] for s in spans]
 
 

@@ -1,8 +1,8 @@
 """Host time of one statistics launch, piece by piece (no synchronization inside the timed calls).
 
 A capture's loop is bound by the host: what one launch of the fused statistics kernel costs the host (building
-the layers' offset tables, finding the launch plan, Triton's launcher) is paid once per launch, 16 times per
-8-step generation at 60 s of audio. Shapes are those of the full-size DiT at ``--seconds`` of audio; ``--layers``
+the layers' offset tables, finding the launch plan, Triton's launcher) is paid once per launch: once or more per
+step (once per step up to about 70 s of audio with the default stash budget). Shapes are those of the full-size DiT at ``--seconds`` of audio; ``--layers``
 layers go to one launch (their q and k allocated separately, as a model leaves them).
 
     python benchmarks/profile_launch.py --seconds 60 --layers 12
@@ -21,11 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from profile_fused import GROUP, D, H, make_inputs  # noqa: E402
+
 from attnlens.devices import upload  # noqa: E402
 from attnlens.reducers import fused  # noqa: E402
 from attnlens.reducers.layer_table import layer_table  # noqa: E402
 
-H, KVH, D, GROUP, S = 16, 8, 128, 2, 769
+S = 769  # keys
 
 
 def per_call_us(fn, n: int, sync) -> float:
@@ -45,9 +49,11 @@ def per_call_us(fn, n: int, sync) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--layers", type=int, default=12, help="layers per launch (at least 2)")
     ap.add_argument("--n", type=int, default=400)
     args = ap.parse_args()
+    if args.layers < 2:
+        ap.error("--layers: one launch over several layers needs at least 2")
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
     if not cuda:
@@ -55,22 +61,12 @@ def main() -> None:
         return
     sync = torch.cuda.synchronize
     T = math.ceil(math.ceil(args.seconds * 25) / 2)
-    qs = [torch.randn(1, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(args.layers)]
-    ks = [torch.randn(1, S, KVH, D, device=dev, dtype=torch.bfloat16) for _ in range(args.layers)]
-    codes = torch.tensor([[0] * 29 + [1] * 24 + [2] + [3] * (S - 54)], dtype=torch.int32)
-    lidx = torch.where(codes == 0, torch.arange(S, dtype=torch.int32), torch.tensor(-1, dtype=torch.int32))
-    seg, lidx, nl = (upload(x, dev) for x in (codes, lidx, torch.tensor([29], dtype=torch.int32)))
-    heads = upload(torch.arange(H, dtype=torch.int32), dev)
+    inp = make_inputs(T, S, "bench", layers=args.layers, device=dev)  # q/k stacked [L, ...], layout, outputs
+    q1, k1, seg, lidx, nl, heads, out = (inp[n] for n in ("q", "k", "seg", "lidx", "nl", "heads", "out"))
+    qs = [x.clone() for x in q1]  # one allocation per layer, as a model leaves them
+    ks = [x.clone() for x in k1]
     hl = list(range(H))
-    out = {
-        "entropy": torch.empty(args.layers, 1, H, T, device=dev),
-        "mass": torch.empty(args.layers, 1, H, T, 5, device=dev),
-        "argmax": torch.empty(args.layers, 1, H, T, device=dev, dtype=torch.int32),
-        "entropy_lyric": torch.empty(args.layers, 1, H, T, device=dev),
-        "lyric_argmax": torch.empty(args.layers, 1, H, T, device=dev, dtype=torch.int32),
-    }
     scale = D**-0.5
-    q1, k1 = torch.stack(qs), torch.stack(ks)
     offs = list(range(args.layers))
     pinned = torch.empty(2 * args.layers, dtype=torch.int64, pin_memory=True)
     dev_tab = torch.empty(2 * args.layers, dtype=torch.int64, device=dev)

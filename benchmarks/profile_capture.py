@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--timeline", action="store_true", help="also profile one run of each with torch.profiler")
     ap.add_argument("--sections", action="store_true", help="host time of each part of a capture (perf_counter)")
+    ap.add_argument("--maps", action="store_true",
+                    help="profile bench_capture's maps case (layers 2-5 x heads 6, 8, 10, 11, maps=True)")  # fmt: skip
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.small
     dev = "cuda" if cuda else "cpu"
@@ -51,13 +53,16 @@ def main() -> None:
     inp = make_inputs(model, 4 if args.small else args.seconds, keys, dev, dtype)
     layout = layout_for(keys)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    opts = {"layout": layout, "num_steps": 8}
+    if args.maps:
+        opts.update(layers=[2, 3, 4, 5], heads=[6, 8, 10, 11], maps=True)
 
     def plain():
         loop(model, inp)
         sync()
 
     def captured():
-        with al.capture(model, layout=layout, num_steps=8) as cap:
+        with al.capture(model, **opts) as cap:
             loop(model, inp)
         sync()
         return cap
@@ -94,7 +99,7 @@ def main() -> None:
             sync()
             t0 = time.perf_counter()
             if body is None:
-                ses = al.capture(model, layout=layout, num_steps=8)
+                ses = al.capture(model, **opts)
                 ses.__enter__()
                 loop(model, inp)
                 ses.hooks.remove()  # the hooks only; the finalize (which waits) is timed below
@@ -125,6 +130,9 @@ SECTIONS = {  # attribute of attnlens.captures.session -> what it covers
     "fused.layer_tables": "offset tables of the layers' q and k (in the launcher)",
     "StatsLauncher.__init__": "launch plan and constant arguments, once per layout",
     "CaptureSession._new_step_buffers": "per-step output buffers",
+    "CaptureSession._maps_of_run": "maps: probabilities of the stashed layers, a few layers per product (--maps)",
+    "CaptureSession._keep_maps": "maps: one copy of a group of layers' maps to pinned host memory (--maps)",
+    "stats.layer_probabilities": "maps: the batched product and softmax (--maps)",
     "CaptureSession._on_step_end": "step end (includes the offload)",
     "CaptureSession._offload_step": "copies of a step's statistics to pinned host memory",
     "CaptureSession.__exit__": "hooks removed, finalize (includes the synchronization that waits for the GPU)",
@@ -162,6 +170,7 @@ def sections(captured, n: int) -> None:
         "StatsLauncher": sess.StatsLauncher,
         "torch.cuda": torch.cuda,
         "fused": fused,
+        "stats": sess,  # the session's own reference to the function
     }
     for label in SECTIONS:
         cls, _, attr = label.rpartition(".")

@@ -321,21 +321,27 @@ def test_capture_fused_equals_reference_on_a_transformer():
                 assert torch.equal(got, ref), (name, layers, budget)
 
 
-def test_fused_statistics_with_maps_equal_reference():
+@pytest.mark.parametrize("budget", [128 << 20, 1], ids=["one product", "one layer per product"])
+def test_fused_statistics_with_maps_equal_reference(budget):
     import attnlens as al
 
-    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=2)).to(DEV)
+    pipe = al.models.tiny_pipeline(seed=0, config=al.models.TinyConfig(head_dim=16, dit_layers=3)).to(DEV)
     kw = dict(prompt="folk", lyrics="[verse]\nwalking down the road", audio_duration=0.8, num_inference_steps=2)
     caps = {}
-    for red in ("reference", "fused"):
-        with al.capture(pipe, heads=[1, 9], steps=[-1], maps=True, reducer=red) as cap:
+    for red, maps in (("reference", True), ("fused", True), ("fused", "mean")):
+        session = al.capture(pipe, heads=[1, 9], maps=maps, reducer=red)
+        session.stash_budget_bytes = budget
+        with session as cap:
             pipe(**kw, output_type="latent", generator=torch.Generator(DEV).manual_seed(0))
-        caps[red] = cap
-    ref, got = caps["reference"], caps["fused"]
+        caps[red, maps] = cap
+    ref, got, mean = caps["reference", True], caps["fused", True], caps["fused", "mean"]
     assert got.meta["reducer"] == "fused"
+    assert got.maps.shape == ref.maps.shape and got.maps.shape[:2] == (2, 3) and got.maps.shape[3] == 2
     assert torch.allclose(got.maps, ref.maps, atol=1e-6)
     assert torch.allclose(got.stats["entropy"], ref.stats["entropy"], atol=5e-6)
     assert torch.equal(got.stats["lyric_argmax"], ref.stats["lyric_argmax"])
+    assert not torch.allclose(got.maps[0], got.maps[1], atol=1e-3)  # the steps differ
+    assert torch.allclose(mean.maps_mean, got.maps.mean(0), atol=1e-6)
 
 
 def test_fused_path_reports_nonfinite_activations():

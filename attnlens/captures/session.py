@@ -28,7 +28,7 @@ from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
 from ..devices import TableArena, upload
 from ..reducers.fused import StatsLauncher, fused_available, reduce_fused
-from ..reducers.stats import expand_kv, probabilities, reduce_reference, segment_onehot
+from ..reducers.stats import layer_probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
 from .layout import ItemLayout, Layout
@@ -355,11 +355,6 @@ class CaptureSession:
             budget = self.stash_budget_bytes
             whole = (q.nbytes + k.nbytes) * self._n_layers <= budget
             self._flush_at = budget if whole else budget // 2
-        if self.maps_mode is not False:  # maps for the selected heads: softmax(scale q kᵀ) in fp32
-            with torch.no_grad():
-                qs = q.detach().index_select(2, self._q_index)
-                maps = probabilities(qs, expand_kv(k.detach(), self._kv_index), self.adapter.facts.scale)
-            self._keep_map(li, maps)
         # layers wait in a stash and go to the kernel together (one launch for many layers: the loop is bound by
         # kernel launches on the host); the stash is flushed once it holds `_flush_at` bytes of q and k
         stash = self._stash
@@ -386,23 +381,45 @@ class CaptureSession:
         if self.keep_stats:
             self._parts[(self._step_pos, li)] = stats
         if maps is not None:
-            self._keep_map(li, maps)
+            self._keep_maps(li, maps.unsqueeze(0))
 
-    def _keep_map(self, li: int, maps: torch.Tensor) -> None:
-        """Keep one layer's probabilities ``[B, h, T, S]``: running sum (``maps="mean"``), or a copy on the CPU
-        (pinned and asynchronous on CUDA) into one block for all expected steps."""
+    def _maps_of_run(self, run: list[int]) -> None:
+        """Maps of the selected heads for a run of consecutive stashed layers, computed a few layers at a time
+        (one batched product per group, :func:`layer_probabilities`); a group's maps stay within half the stash
+        budget, so the temporaries (logits and probabilities) stay within the budget."""
+        q0 = self._stash[run[0]][0]
+        B, T, S = q0.shape[0], q0.shape[1], self._stash[run[0]][1].shape[1]
+        per_layer = B * len(self.heads) * T * S * 4  # fp32 bytes of one layer's maps
+        n = max(1, (self.stash_budget_bytes // 2) // per_layer)
+        scale = self.adapter.facts.scale
+        with torch.no_grad():
+            for i in range(0, len(run), n):
+                group = run[i : i + n]
+                qs = [self._stash[li][0] for li in group]
+                ks = [self._stash[li][1] for li in group]
+                self._keep_maps(group[0], layer_probabilities(qs, ks, self._q_index, self._kv_index, scale))
+
+    def _keep_maps(self, first: int, maps: torch.Tensor) -> None:
+        """Keep the probabilities ``[L, B, h, T, S]`` of slots ``first .. first + L - 1``: running sums
+        (``maps="mean"``), or one copy to the CPU (pinned and asynchronous on CUDA) into one block for all
+        expected steps."""
         if self.maps_mode == "mean":
-            if li in self._map_sum:
-                self._map_sum[li] += maps
-            else:
-                self._map_sum[li] = maps.clone()
-            if li == 0:
+            for i, m in enumerate(maps):
+                li = first + i
+                if li in self._map_sum:
+                    self._map_sum[li] += m
+                else:
+                    self._map_sum[li] = m.clone()
+            if first == 0:
                 self._map_count += 1
             return
         if self._maps_host is None:
             self._maps_host = _HostBlock(self._expected_steps(), inner=(len(self.layers),))
+        pos = self._step_pos
         with self._side_stream(maps):
-            self._maps[(self._step_pos, li)] = self._maps_host.put((self._step_pos, li), maps)
+            kept = self._maps_host.put_run(pos, first, maps)
+        for i in range(maps.shape[0]):
+            self._maps[(pos, first + i)] = kept[i]
 
     @contextlib.contextmanager
     def _side_stream(self, *tensors: torch.Tensor) -> Iterator[Any]:
@@ -438,6 +455,8 @@ class CaptureSession:
             qs = [self._stash[li][0] for li in run]
             ks = [self._stash[li][1] for li in run]
             launch(qs, ks, out=out, slot=run[0])
+            if self.maps_mode is not False:
+                self._maps_of_run(run)
         self._done.setdefault(self._step_pos, set()).update(slots)
         self._step_flushed += len(slots)
         self._stash.clear()
@@ -482,56 +501,86 @@ class CaptureSession:
             dev = self._q_index.device
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)  # the model's device (also the side stream's)
-        if self._t_pending:
-            idx = sorted(self._t_pending)
-            values = torch.stack([self._t_pending[i].float() for i in idx]).cpu().tolist()
-            for i, v in zip(idx, values):
-                cap.timesteps[i] = float(v)
-            for a, b in zip(cap.timesteps, cap.timesteps[1:]):
-                _check_generation(a, b)
-        ns, nl = len(cap.steps), len(self.layers)
+        self._resolve_timesteps()
+        ns = len(cap.steps)
         if ns == 0:
             warnings.warn(
                 "the capture saw no kept transformer step (was the model called inside the `with` block?)",
                 stacklevel=3,
             )
             return
+        if self.keep_stats:
+            self._check_complete()
+            cap.stats = self._assemble_stats()
+            self._flag_nonfinite()
+        self._assemble_maps()
+        dtype = None
+        try:
+            dtype = str(next(self.adapter.transformer.parameters()).dtype).replace("torch.", "")
+        except StopIteration:
+            pass
+        cap.meta["dtype"] = dtype
+
+    def _resolve_timesteps(self) -> None:
+        """Device timesteps read once, at the end (one copy), then checked for a second generation."""
+        if not self._t_pending:
+            return
+        cap = self.capture
+        idx = sorted(self._t_pending)
+        values = torch.stack([self._t_pending[i].float() for i in idx]).cpu().tolist()
+        for i, v in zip(idx, values):
+            cap.timesteps[i] = float(v)
+        for a, b in zip(cap.timesteps, cap.timesteps[1:]):
+            _check_generation(a, b)
+
+    def _check_complete(self) -> None:
+        ns, nl = len(self.capture.steps), len(self.layers)
         missing = [
             (s, li)
             for s in range(ns)
             for li in range(nl)
             if (s, li) not in self._parts and li not in self._done.get(s, ())
         ]
-        if self.keep_stats and missing:
+        if missing:
             raise CaptureError(
                 f"incomplete capture: no cross-attention seen for (step, layer) {missing[:4]}"
                 f"{' ...' if len(missing) > 4 else ''} (did the transformer skip cross-attention?)"
             )
-        if self.keep_stats and self._step_bufs:
-            # fused path: per-step buffers [layer, batch, head, frame(, segment)] -> [step, layer, ...]
+
+    def _assemble_stats(self) -> dict[str, torch.Tensor]:
+        """Every statistic as one CPU tensor ``[step, layer, batch, head, frame(, segment)]``."""
+        ns, nl = len(self.capture.steps), len(self.layers)
+        if self._step_bufs:  # fused path: per-step buffers [layer, batch, head, frame(, segment)]
             blocks = {name: h.complete(ns) for name, h in (self._host or {}).items()}
             if blocks and all(b is not None for b in blocks.values()):
-                cap.stats = blocks  # every slot written in place: no copy
-            else:
-                cap.stats = {name: torch.stack([b[name] for b in self._step_bufs]).cpu() for name in STAT_NAMES}
-        elif self.keep_stats:
-            # [step, layer, batch, head, frame(, segment)]
-            cap.stats = {
-                name: torch.stack(
-                    [torch.stack([self._parts[(s, li)][name] for li in range(nl)]) for s in range(ns)]
-                ).cpu()
-                for name in STAT_NAMES
-            }
-        if self.keep_stats:  # both reducers propagate NaN/Inf logits into the entropy: name where it happened
-            bad = torch.isnan(cap.stats["entropy"]).flatten(2).any(-1)  # [step, layer]
-            if bad.any():
-                where = [(cap.steps[s], self.layers[li]) for s, li in bad.nonzero().tolist()]
-                cap.meta["nonfinite"] = where
-                warnings.warn(
-                    f"non-finite attention logits (NaN/Inf in the model's query/key) at (step, layer) {where[:6]}; "
-                    "their statistics are NaN",
-                    stacklevel=3,
-                )
+                return blocks  # every slot written in place: no copy
+            return {name: torch.stack([b[name] for b in self._step_bufs]).cpu() for name in STAT_NAMES}
+        return {
+            name: torch.stack([torch.stack([self._parts[(s, li)][name] for li in range(nl)]) for s in range(ns)]).cpu()
+            for name in STAT_NAMES
+        }
+
+    def _flag_nonfinite(self) -> None:
+        """Both reducers carry NaN/Inf logits into the entropy: name the (step, layer) where that happened.
+
+        A sum over a (step, layer)'s entropies is finite exactly when all of them are (each lies in [0, 1] unless
+        non-finite, so the sum cannot overflow): one pass of additions, several times faster on the CPU than a
+        per-element test followed by a reduction."""
+        cap = self.capture
+        ent = cap.stats["entropy"]  # [step, layer, batch, head, frame]
+        bad = ~torch.isfinite(ent.flatten(2).sum(-1))  # [step, layer]
+        if bad.any():
+            where = [(cap.steps[s], self.layers[li]) for s, li in bad.nonzero().tolist()]
+            cap.meta["nonfinite"] = where
+            warnings.warn(
+                f"non-finite attention logits (NaN/Inf in the model's query/key) at (step, layer) {where[:6]}; "
+                "their statistics are NaN",
+                stacklevel=4,
+            )
+
+    def _assemble_maps(self) -> None:
+        cap = self.capture
+        ns, nl = len(cap.steps), len(self.layers)
         if self._maps:
             block = self._maps_host.complete(ns) if self._maps_host is not None else None
             if block is not None:
@@ -540,12 +589,6 @@ class CaptureSession:
                 cap.maps = torch.stack([torch.stack([self._maps[(s, li)] for li in range(nl)]) for s in range(ns)])
         if self._map_sum:
             cap.maps_mean = torch.stack([(self._map_sum[li] / self._map_count).cpu() for li in range(nl)])
-        dtype = None
-        try:
-            dtype = str(next(self.adapter.transformer.parameters()).dtype).replace("torch.", "")
-        except StopIteration:
-            pass
-        cap.meta["dtype"] = dtype
 
 
 # The layout's and the heads' device tensors, shared by captures of the same layout and heads on the same device
@@ -619,6 +662,19 @@ class _HostBlock:
         slot = self.block[index]
         slot.copy_(x, non_blocking=True)
         self.written.add(index)
+        return slot
+
+    def put_run(self, step: int, first: int, x: torch.Tensor) -> torch.Tensor:
+        """Copy ``x`` ``[L, ...]`` into slots ``(step, first) .. (step, first + L - 1)`` in one copy (a block with
+        one inner dimension); returns the CPU tensor ``[L, ...]`` that holds it."""
+        if self.block is None and self.n_steps:
+            shape = (self.n_steps, *self.inner, *x.shape[1:])
+            self.block = torch.empty(shape, dtype=x.dtype, pin_memory=x.device.type == "cuda")
+        if self.block is None or step >= self.n_steps:
+            return _to_cpu(x)
+        slot = self.block[step, first : first + x.shape[0]]
+        slot.copy_(x, non_blocking=True)
+        self.written.update((step, first + i) for i in range(x.shape[0]))
         return slot
 
     def complete(self, n_steps: int) -> torch.Tensor | None:

@@ -39,6 +39,24 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
     return torch.softmax(attention_logits(q, k, scale), dim=-1)
 
 
+def layer_probabilities(
+    qs: list[torch.Tensor], ks: list[torch.Tensor], q_index: torch.Tensor, kv_index: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Probabilities of the selected heads of several layers in one batch: ``softmax(scale · q kᵀ)`` in fp32.
+
+    ``qs[l]``: ``[B, T, H, D]``, ``ks[l]``: ``[B, S, KVH, D]`` (one shape for all layers); ``q_index`` / ``kv_index``:
+    ``[h]`` query heads and the key head each one reads. Returns ``[L, B, h, T, S]``, equal to :func:`probabilities`
+    layer by layer (same fp32 products and sums; one batched product instead of one per layer, so the kernel
+    launches do not grow with the layers).
+    """
+    q = qs[0].unsqueeze(0) if len(qs) == 1 else torch.stack(qs)  # [L, B, T, H, D]
+    k = ks[0].unsqueeze(0) if len(ks) == 1 else torch.stack(ks)  # [L, B, S, KVH, D]
+    qh = q.transpose(2, 3).index_select(2, q_index).float()  # [L, B, h, T, D]
+    kh = k.transpose(2, 3).index_select(2, kv_index).float()  # [L, B, h, S, D]
+    logits = torch.matmul(qh, kh.transpose(-1, -2))  # [L, B, h, T, S]
+    return torch.softmax(logits.mul_(scale), dim=-1)
+
+
 def segment_onehot(seg_codes: torch.Tensor) -> torch.Tensor:
     """``[B, S]`` segment codes -> float ``[B, S, N_SEG]`` one-hot (unknown keys, code -1, are all zero)."""
     known = seg_codes >= 0  # no boolean indexing: that would make a GPU wait for the host

@@ -27,9 +27,12 @@ class TableArena:
     same place in a device slab; the device stretch is returned. Every place of a slab is written once, so a write
     never touches host memory that a pending copy still reads; a full slab is replaced by a new pair (PyTorch frees
     the old host slab once its copies are done, and the old device slab in the order of the stream it was allocated
-    on). Use one arena per stream: the tables and the kernels that read them must run on the stream that was
-    current when the arena's slab was allocated (as a capture's do). Tables start at multiples of 16 bytes. On a
-    device other than CUDA, ``put`` is a plain ``torch.tensor(values, device=device)``.
+    on). A table equal to one already in the current slab is not written again: its stretch is returned (a
+    capture's tables repeat from step to step, because the caching allocator gives the layers' tensors the same
+    places every step); ``uploads`` counts the copies issued. Use one arena per stream: the tables and the kernels
+    that read them must run on the stream that was current when the arena's slab was allocated (as a capture's
+    do). Tables start at multiples of 16 bytes. On a device other than CUDA, ``put`` is a plain
+    ``torch.tensor(values, device=device)``.
     """
 
     def __init__(self, device: Any, size: int = 4096):
@@ -42,12 +45,18 @@ class TableArena:
         self._host: torch.Tensor | None = None
         self._host_np: Any = None
         self._dev: torch.Tensor | None = None
+        self._known: dict[tuple[int, ...], torch.Tensor] = {}  # tables in the current slab
+        self.uploads = 0
 
     def put(self, values: Sequence[int]) -> torch.Tensor:
         """``values`` as an int64 tensor ``[len(values)]`` on the device (the copy is queued, not waited for)."""
         n = len(values)
         if self.device.type != "cuda" or n == 0:
             return torch.tensor(values, dtype=torch.int64, device=self.device)
+        key = tuple(values)
+        known = self._known.get(key)
+        if known is not None:
+            return known
         span = n + (n & 1)  # keep the next table 16-byte aligned
         if self._pos + span > self.size:
             size = max(self.size, span)
@@ -55,9 +64,13 @@ class TableArena:
             self._host_np = self._host.numpy()
             self._dev = torch.empty(size, dtype=torch.int64, device=self.device)
             self._pos = 0
+            self._known = {}
         p = self._pos
         self._host_np[p : p + n] = values
         out = self._dev[p : p + span]
         out.copy_(self._host[p : p + span], non_blocking=True)
         self._pos = p + span
-        return out[:n] if span != n else out
+        self.uploads += 1
+        out = out[:n] if span != n else out
+        self._known[key] = out
+        return out

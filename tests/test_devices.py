@@ -102,3 +102,9 @@ def test_table_arena_uploads_without_waiting_and_rolls_over():
     assert [t.tolist() for t in tabs] == [[i, i + 1, i + 2] for i in range(5)]
     assert all(t.is_cuda and t.data_ptr() % 16 == 0 for t in tabs)
     assert len({t.untyped_storage().data_ptr() for t in tabs}) == 3  # slabs of 8: 2 + 2 + 1 tables
+    assert arena.uploads == 5
+    # a table already in the current slab is not written again; one from a slab since replaced is
+    assert arena.put([4, 5, 6]) is tabs[4] and arena.uploads == 5
+    again = arena.put([0, 1, 2])
+    assert again.tolist() == [0, 1, 2] and arena.uploads == 6
+    assert again.untyped_storage().data_ptr() == tabs[4].untyped_storage().data_ptr()  # the slab of [4, 5, 6]

@@ -24,19 +24,20 @@ def layer_offsets(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
     alive). Tensors on different devices are an error (``ValueError``).
     """
     base = xs[0]
-    dev = base.device
+    dev, shape, stride, dtype = base.device, base.shape, base.stride(), base.dtype
+    unit = UNIT * base.element_size()
+    b0 = base.data_ptr()
+    offsets: list[int] = []
+    for x in xs:  # one pass (this runs for every launch, inside a loop bound by the host)
+        d = x.data_ptr() - b0
+        if d % unit or x.shape != shape or x.stride() != stride or x.dtype != dtype or x.device != dev:
+            break
+        offsets.append(d // unit)
+    else:
+        return base, offsets
     if any(x.device != dev for x in xs):  # addresses on different devices do not share one address space
         devices = sorted({str(x.device) for x in xs})
         raise ValueError(f"one launch over several layers needs them on one device; got {devices}")
-    unit = UNIT * base.element_size()
-    b0, shape, stride, dtype = base.data_ptr(), base.shape, base.stride(), base.dtype
-    dist = [x.data_ptr() - b0 for x in xs]
-    if (
-        all(d % unit == 0 for d in dist)
-        and all(x.shape == shape and x.dtype == dtype for x in xs)
-        and all(x.stride() == stride for x in xs)
-    ):
-        return base, [d // unit for d in dist]
     # layer l at l · numel, a multiple of 16 when the last dim is (head_dim >= 16)
     block = torch.stack([x.contiguous() for x in xs])
     base = block[0]

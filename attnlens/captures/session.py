@@ -28,7 +28,7 @@ from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
 from ..devices import TableArena, upload
 from ..reducers.fused import StatsLauncher, fused_available, reduce_fused
-from ..reducers.stats import layer_probabilities, reduce_reference, segment_onehot
+from ..reducers.stats import N_SEG, layer_probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
 from .layout import ItemLayout, Layout
@@ -278,7 +278,7 @@ class CaptureSession:
         host = self._host
         if host is None:
             host = self._host = {name: _HostBlock(self._expected_steps()) for name in bufs}
-        with self._side_stream(*bufs.values()):
+        with self._side_stream(bufs["entropy"]):  # (all five are views of one allocation)
             self._step_bufs[pos] = {name: host[name].put((pos,), buf) for name, buf in bufs.items()}
         self._pending_copies = True
 
@@ -481,18 +481,21 @@ class CaptureSession:
         return self._launcher[1]
 
     def _new_step_buffers(self, q: torch.Tensor) -> None:
-        """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer."""
-        nl, B, T, h, dev = len(self.layers), q.shape[0], q.shape[1], len(self.heads), q.device
-        f32, i32 = torch.float32, torch.int32
-        self._step_bufs.append(
-            {
-                "entropy": torch.empty(nl, B, h, T, device=dev, dtype=f32),
-                "mass": torch.empty(nl, B, h, T, 5, device=dev, dtype=f32),
-                "argmax": torch.empty(nl, B, h, T, device=dev, dtype=i32),
-                "entropy_lyric": torch.empty(nl, B, h, T, device=dev, dtype=f32),
-                "lyric_argmax": torch.empty(nl, B, h, T, device=dev, dtype=i32),
-            }
-        )
+        """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer: views of one
+        allocation (each view starts 16-byte aligned; the integer statistics are int32 views of fp32 places)."""
+        lead = (len(self.layers), q.shape[0], len(self.heads), q.shape[1])  # [layer, batch, head, frame]
+        n = math.prod(lead)
+        shapes = {name: lead + ((N_SEG,) if name == "mass" else ()) for name in STAT_NAMES}
+        sizes = {name: -(-math.prod(shape) // 4) * 4 for name, shape in shapes.items()}  # whole 16-byte units
+        flat = torch.empty(sum(sizes.values()), device=q.device, dtype=torch.float32)
+        bufs, at = {}, 0
+        for name, shape in shapes.items():
+            part = flat[at : at + n * (N_SEG if name == "mass" else 1)]
+            if name in ("argmax", "lyric_argmax"):
+                part = part.view(torch.int32)
+            bufs[name] = part.view(shape)
+            at += sizes[name]
+        self._step_bufs.append(bufs)
 
     # ------------------------------------------------------------- finalize
     def _finalize(self) -> None:

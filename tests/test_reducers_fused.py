@@ -219,6 +219,20 @@ def test_fused_v2_block_shapes_and_batched_layers(cfg, bf16_dot):
     for n in out:
         assert torch.equal(listed[n], out[n]), n
 
+    # layers that are not dense: all of them (the first one too), or all but the first
+    def strided(x):  # same values, frames and heads swapped in memory
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+    for name, qx, kx in (
+        ("none dense", [strided(x) for x in qs], [strided(x) for x in ks]),
+        ("first dense", qs[:1] + [strided(x) for x in qs[1:]], ks[:1] + [strided(x) for x in ks[1:]]),
+    ):
+        assert not qx[1].is_contiguous()
+        got = {n: torch.full_like(v, -7) for n, v in out.items()}
+        reduce_fused(qx, kx, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=got, slot=1, config=config)
+        for n in out:
+            assert torch.equal(got[n], out[n]), (name, n)
+
 
 def _tiny_transformer(layers: int):
     """A tiny ACE-Step transformer (head_dim 16) on DEV and the inputs of one call: 24 frames, 12 keys."""

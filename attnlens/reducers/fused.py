@@ -881,8 +881,13 @@ class StatsLauncher:
         if isinstance(q, (list, tuple)):  # one launch over several layers' tensors, read in place
             _check_lists(q, k)
             n_layers = len(q)
-            groups = [[x.contiguous() for x in q], [x.contiguous() for x in k]]  # the kernel reads them dense
-            (q, k), (qoff, koff) = layer_tables(groups, self.tables)
+            # the kernel reads every layer dense: a dense first layer is enough, since the tables accept only
+            # layers with its shape and strides (any other is copied into a dense block). `qs` and `ks` keep the
+            # layers alive until the launch (the tables point into them).
+            qs, ks = q, k
+            if not (q[0].is_contiguous() and k[0].is_contiguous()):
+                qs, ks = [x.contiguous() for x in q], [x.contiguous() for x in k]
+            (q, k), (qoff, koff) = layer_tables([qs, ks], self.tables)
         else:
             n_layers = q.shape[0] if q.ndim == 5 else 1
             q, k = q.contiguous(), k.contiguous()

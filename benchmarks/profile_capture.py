@@ -138,6 +138,9 @@ SECTIONS = {  # attribute of attnlens.captures.session -> what it covers
     "CaptureSession.__exit__": "hooks removed, finalize (includes the synchronization that waits for the GPU)",
     "CaptureSession._finalize": "finalize: wait for the GPU, check, assemble",
     "torch.cuda.synchronize": "finalize's wait for the GPU (the rest of finalize is host work)",
+    "CaptureSession._resolve_timesteps": "finalize: device timesteps read back and checked",
+    "CaptureSession._assemble_stats": "finalize: statistics as one CPU tensor each",
+    "CaptureSession._flag_nonfinite": "finalize: the check for non-finite entropies",
 }
 
 

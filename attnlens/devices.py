@@ -31,7 +31,7 @@ class TableArena:
     capture's tables repeat from step to step, because the caching allocator gives the layers' tensors the same
     places every step); ``uploads`` counts the copies issued. Use one arena per stream: the tables and the kernels
     that read them must run on the stream that was current when the arena's slab was allocated (as a capture's
-    do). Tables start at multiples of 16 bytes. On a device other than CUDA, ``put`` is a plain
+    do); a table returned again was copied on that stream, so only its kernels are ordered after the copy. Tables start at multiples of 16 bytes. On a device other than CUDA, ``put`` is a plain
     ``torch.tensor(values, device=device)``.
     """
 

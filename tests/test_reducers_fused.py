@@ -516,3 +516,33 @@ def test_capture_with_a_zero_scale_takes_the_kernel_that_accepts_it():
         got = caps["fused"].stats[name]
         if got.is_floating_point():
             assert torch.allclose(got, ref, atol=1e-5), name
+
+
+def test_maps_in_flight_are_held_to_twice_the_stash_budget():
+    """Copies still running keep their device maps allocated: past twice the budget the host waits for the oldest
+    (finished copies are dropped without waiting)."""
+    from attnlens.captures.session import CaptureSession
+
+    class Copy:
+        def __init__(self, done):
+            self.done, self.waited = done, False
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.waited = self.done = True
+
+    pipe_model = _tiny_transformer(1)[0]
+    ses = CaptureSession(pipe_model, maps=True)
+    ses.stash_budget_bytes = 100
+    finished, a, b, c = Copy(True), Copy(False), Copy(False), Copy(False)
+    ses._bound_maps_in_flight(finished, 150)
+    assert not ses._maps_in_flight  # done: dropped, nothing waited for
+    ses._bound_maps_in_flight(a, 150)
+    ses._bound_maps_in_flight(b, 40)
+    assert [x for x, _ in ses._maps_in_flight] == [a, b] and not a.waited  # 190 <= 200
+    ses._bound_maps_in_flight(c, 60)  # 250 > 200: wait for the oldest only
+    assert a.waited and not b.waited and not c.waited
+    assert [x for x, _ in ses._maps_in_flight] == [b, c]
+    assert not finished.waited

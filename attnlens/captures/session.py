@@ -15,6 +15,7 @@ Hooks (all removed in ``finally``, also when the pipeline raises):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import warnings
@@ -82,6 +83,11 @@ class CaptureSession:
     times the number of layers) goes in one launch at its end; a larger step goes in chunks of half the budget, so
     that the stash and the step's output buffers together stay a few percent of the model's memory. A larger
     budget means fewer kernel launches per step and more GPU memory held (0: one launch per layer).
+
+    With ``maps=True`` the maps of the selected heads are computed at each flush, a group of layers at a time (the
+    group's inputs and temporaries within the budget), and copied to pinned host memory on a side stream. Maps
+    whose copies are still running are held to twice the budget: past that, the host waits for the oldest copies
+    (only a selection whose maps outgrow the copy engine's pace, e.g. every head at long audio, ever waits).
     """
 
     def __init__(
@@ -154,6 +160,7 @@ class CaptureSession:
         self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
         self._maps_host: _HostBlock | None = None
         self._copy_stream: Any = None  # CUDA side stream for device -> host copies
+        self._maps_in_flight: collections.deque[tuple[Any, int]] = collections.deque()  # (copy done event, bytes)
         self.stash_budget_bytes = 128 << 20
         self._flush_at = self.stash_budget_bytes  # this step's flush size (set at its first layer)
         self._n_layers = len(self.layers)
@@ -211,6 +218,7 @@ class CaptureSession:
         self._host = None
         self._layout_cache = None
         self._copy_stream = None
+        self._maps_in_flight.clear()
         self._tables = None
         self._launcher = None
 
@@ -385,12 +393,13 @@ class CaptureSession:
 
     def _maps_of_run(self, run: list[int]) -> None:
         """Maps of the selected heads for a run of consecutive stashed layers, computed a few layers at a time
-        (one batched product per group, :func:`layer_probabilities`); a group's maps stay within half the stash
-        budget, so the temporaries (logits and probabilities) stay within the budget."""
-        q0 = self._stash[run[0]][0]
-        B, T, S = q0.shape[0], q0.shape[1], self._stash[run[0]][1].shape[1]
-        per_layer = B * len(self.heads) * T * S * 4  # fp32 bytes of one layer's maps
-        n = max(1, (self.stash_budget_bytes // 2) // per_layer)
+        (one batched product per group, :func:`layer_probabilities`): a group's stacked inputs and its fp32 logits
+        and probabilities stay within the stash budget."""
+        q0, k0 = self._stash[run[0]]
+        B, T, S = q0.shape[0], q0.shape[1], k0.shape[1]
+        maps_bytes = B * len(self.heads) * T * S * 4  # fp32 bytes of one layer's maps
+        per_layer = max(1, 2 * maps_bytes + q0.nbytes + k0.nbytes)
+        n = max(1, self.stash_budget_bytes // per_layer)
         scale = self.adapter.facts.scale
         with torch.no_grad():
             for i in range(0, len(run), n):
@@ -416,10 +425,28 @@ class CaptureSession:
         if self._maps_host is None:
             self._maps_host = _HostBlock(self._expected_steps(), inner=(len(self.layers),))
         pos = self._step_pos
-        with self._side_stream(maps):
+        with self._side_stream(maps) as side:
             kept = self._maps_host.put_run(pos, first, maps)
+            if side is not None:
+                done = torch.cuda.Event()
+                done.record(side)
+                self._bound_maps_in_flight(done, maps.nbytes)
         for i in range(maps.shape[0]):
             self._maps[(pos, first + i)] = kept[i]
+
+    def _bound_maps_in_flight(self, done: Any, nbytes: int) -> None:
+        """Device maps stay allocated until their copy to the host is done: hold those in flight to twice the
+        stash budget, waiting (on the host) for the oldest copies past that. Finished copies are dropped without
+        waiting."""
+        flight = self._maps_in_flight
+        flight.append((done, nbytes))
+        while flight and flight[0][0].query():
+            flight.popleft()
+        held = sum(b for _, b in flight)
+        while flight and held > 2 * self.stash_budget_bytes:
+            ev, b = flight.popleft()
+            ev.synchronize()
+            held -= b
 
     @contextlib.contextmanager
     def _side_stream(self, *tensors: torch.Tensor) -> Iterator[Any]:
@@ -577,7 +604,7 @@ class CaptureSession:
             cap.meta["nonfinite"] = where
             warnings.warn(
                 f"non-finite attention logits (NaN/Inf in the model's query/key) at (step, layer) {where[:6]}; "
-                "their statistics are NaN",
+                "their statistics are not finite",
                 stacklevel=4,
             )
 

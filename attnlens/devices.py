@@ -31,8 +31,9 @@ class TableArena:
     capture's tables repeat from step to step, because the caching allocator gives the layers' tensors the same
     places every step); ``uploads`` counts the copies issued. Use one arena per stream: the tables and the kernels
     that read them must run on the stream that was current when the arena's slab was allocated (as a capture's
-    do); a table returned again was copied on that stream, so only its kernels are ordered after the copy. Tables start at multiples of 16 bytes. On a device other than CUDA, ``put`` is a plain
-    ``torch.tensor(values, device=device)``.
+    do); a table returned again was copied on that stream, so only its kernels are ordered after the copy. Tables
+    start at multiples of 16 bytes. On a device other than CUDA, ``put`` is a plain ``torch.tensor(values,
+    device=device)``.
     """
 
     def __init__(self, device: Any, size: int = 4096):

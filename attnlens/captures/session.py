@@ -28,8 +28,8 @@ from .. import __version__
 from ..adapters import adapter_for
 from ..adapters.acestep_layout import LayoutRecorder
 from ..devices import TableArena, upload
-from ..reducers.fused import StatsLauncher, fused_available, reduce_fused
-from ..reducers.stats import N_SEG, layer_probabilities, reduce_reference, segment_onehot
+from ..reducers.fused import StatsLauncher, fused_available, new_outputs, reduce_fused
+from ..reducers.stats import layer_probabilities, reduce_reference, segment_onehot
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
 from .layout import ItemLayout, Layout
@@ -426,7 +426,7 @@ class CaptureSession:
             self._maps_host = _HostBlock(self._expected_steps(), inner=(len(self.layers),))
         pos = self._step_pos
         with self._side_stream(maps) as side:
-            kept = self._maps_host.put_run(pos, first, maps)
+            kept = self._maps_host.put_run((pos, first), maps)
             if side is not None:
                 done = torch.cuda.Event()
                 done.record(side)
@@ -508,21 +508,9 @@ class CaptureSession:
         return self._launcher[1]
 
     def _new_step_buffers(self, q: torch.Tensor) -> None:
-        """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer: views of one
-        allocation (each view starts 16-byte aligned; the integer statistics are int32 views of fp32 places)."""
-        lead = (len(self.layers), q.shape[0], len(self.heads), q.shape[1])  # [layer, batch, head, frame]
-        n = math.prod(lead)
-        shapes = {name: lead + ((N_SEG,) if name == "mass" else ()) for name in STAT_NAMES}
-        sizes = {name: -(-math.prod(shape) // 4) * 4 for name, shape in shapes.items()}  # whole 16-byte units
-        flat = torch.empty(sum(sizes.values()), device=q.device, dtype=torch.float32)
-        bufs, at = {}, 0
-        for name, shape in shapes.items():
-            part = flat[at : at + n * (N_SEG if name == "mass" else 1)]
-            if name in ("argmax", "lyric_argmax"):
-                part = part.view(torch.int32)
-            bufs[name] = part.view(shape)
-            at += sizes[name]
-        self._step_bufs.append(bufs)
+        """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer (views of one
+        allocation, :func:`~attnlens.reducers.fused.new_outputs`)."""
+        self._step_bufs.append(new_outputs(q.device, (len(self.layers),), q.shape[0], len(self.heads), q.shape[1]))
 
     # ------------------------------------------------------------- finalize
     def _finalize(self) -> None:
@@ -673,7 +661,7 @@ def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Te
 
 class _HostBlock:
     """One CPU tensor (pinned when the source is on CUDA) with a slot for every expected step: :meth:`put` copies
-    into a slot without waiting, so nothing is allocated per step and nothing is stacked at the end. A slot past
+    into slots without waiting, so nothing is allocated per step and nothing is stacked at the end. A slot past
     the expected steps (an extra transformer call) gets its own copy instead."""
 
     def __init__(self, n_steps: int | None, inner: tuple[int, ...] = ()):
@@ -684,27 +672,21 @@ class _HostBlock:
 
     def put(self, index: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
         """Copy ``x`` into slot ``index`` (``(step, *inner)``); returns the CPU tensor that holds it."""
-        if self.block is None and self.n_steps:
-            shape = (self.n_steps, *self.inner, *x.shape)
-            self.block = torch.empty(shape, dtype=x.dtype, pin_memory=x.device.type == "cuda")
-        if self.block is None or index[0] >= self.n_steps:
-            return _to_cpu(x)
-        slot = self.block[index]
-        slot.copy_(x, non_blocking=True)
-        self.written.add(index)
-        return slot
+        return self.put_run(index, x.unsqueeze(0))[0]
 
-    def put_run(self, step: int, first: int, x: torch.Tensor) -> torch.Tensor:
-        """Copy ``x`` ``[L, ...]`` into slots ``(step, first) .. (step, first + L - 1)`` in one copy (a block with
-        one inner dimension); returns the CPU tensor ``[L, ...]`` that holds it."""
+    def put_run(self, index: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+        """Copy ``x`` ``[L, ...]`` into the ``L`` slots that start at ``index`` (``(step, *inner)``) and run along its
+        last position, in one copy; returns the CPU tensor ``[L, ...]`` that holds it."""
         if self.block is None and self.n_steps:
             shape = (self.n_steps, *self.inner, *x.shape[1:])
             self.block = torch.empty(shape, dtype=x.dtype, pin_memory=x.device.type == "cuda")
-        if self.block is None or step >= self.n_steps:
+        *head, first = index
+        steps_end = first + x.shape[0] if not head else index[0] + 1
+        if self.block is None or steps_end > self.n_steps:
             return _to_cpu(x)
-        slot = self.block[step, first : first + x.shape[0]]
+        slot = self.block[(*head, slice(first, first + x.shape[0]))]
         slot.copy_(x, non_blocking=True)
-        self.written.update((step, first + i) for i in range(x.shape[0]))
+        self.written.update((*head, first + i) for i in range(x.shape[0]))
         return slot
 
     def complete(self, n_steps: int) -> torch.Tensor | None:

@@ -54,6 +54,7 @@ import torch
 
 from ..devices import TableArena, upload
 from .layer_table import layer_tables
+from .stats import N_SEG
 
 try:  # Triton is optional: CUDA builds of torch bring it
     import triton
@@ -788,7 +789,7 @@ def reduce_fused(
     S, KVH = k.shape[-3], k.shape[-2]
     h = heads.numel()
     if out is None:
-        out, slot = _new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T), 0
+        out, slot = new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T), 0
     q, k = q.contiguous(), k.contiguous()
     grid = ((T + cfg.block_t - 1) // cfg.block_t, B * h, n_layers)
     _stats_kernel[grid](
@@ -818,15 +819,22 @@ def _launch_options(cfg: FusedConfig) -> dict[str, int]:
     return launch
 
 
-def _new_outputs(dev: torch.device, lead: tuple[int, ...], B: int, h: int, T: int) -> dict[str, torch.Tensor]:
-    f32, i32 = torch.float32, torch.int32
-    return {
-        "entropy": torch.empty(*lead, B, h, T, device=dev, dtype=f32),
-        "mass": torch.empty(*lead, B, h, T, 5, device=dev, dtype=f32),
-        "argmax": torch.empty(*lead, B, h, T, device=dev, dtype=i32),
-        "entropy_lyric": torch.empty(*lead, B, h, T, device=dev, dtype=f32),
-        "lyric_argmax": torch.empty(*lead, B, h, T, device=dev, dtype=i32),
-    }
+def new_outputs(dev: torch.device, lead: tuple[int, ...], B: int, h: int, T: int) -> dict[str, torch.Tensor]:
+    """The five output buffers of the statistics kernel, ``[*lead, B, h, T]`` (``mass``: ``[*lead, B, h, T,
+    N_SEG]``), as views of one allocation: each view starts 16-byte aligned, ``argmax`` and ``lyric_argmax`` are
+    int32 views of fp32 places (a capture moves and frees a step's statistics as one block)."""
+    n = math.prod(lead) * B * h * T
+    widths = {"entropy": 1, "mass": N_SEG, "argmax": 1, "entropy_lyric": 1, "lyric_argmax": 1}
+    sizes = {name: -(-n * w // 4) * 4 for name, w in widths.items()}  # whole 16-byte units
+    flat = torch.empty(sum(sizes.values()), device=dev, dtype=torch.float32)
+    out, at = {}, 0
+    for name, w in widths.items():
+        part = flat[at : at + n * w]
+        if name in ("argmax", "lyric_argmax"):
+            part = part.view(torch.int32)
+        out[name] = part.view(*lead, B, h, T, *((w,) if name == "mass" else ()))
+        at += sizes[name]
+    return out
 
 
 class StatsLauncher:
@@ -896,7 +904,7 @@ class StatsLauncher:
         h = self.h
         if out is None:
             lead = (n_layers,) if n_layers > 1 or q.ndim == 5 else ()
-            out, slot = _new_outputs(q.device, lead, B, h, T), 0
+            out, slot = new_outputs(q.device, lead, B, h, T), 0
         grid = ((T + self.block_t - 1) // self.block_t, B * self.n_prog, n_layers)
         _stats_kernel_v2[grid](
             q, k, q if qoff is None else qoff, k if koff is None else koff, *self._plan_args,

@@ -22,18 +22,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..captures.layout import SEGMENTS
+from ..captures.layout import Layout
 from ..captures.result import Capture
 from ..metrics import sequence as seq
 from ._capture import capture_stats
 
-MASS_COLUMNS = [f"{s}_mass" for s in SEGMENTS]
+
+def mass_columns(layout: Layout) -> list[str]:
+    """``"{segment}_mass"`` for every segment of the layout's vocabulary, in the ``mass`` statistic's order (ACE-Step:
+    ``lyric_mass, lyric_meta_mass, timbre_mass, caption_mass, padding_mass``)."""
+    return [f"{s}_mass" for s in layout.vocabulary.names]
+
+
 SCORE_COLUMNS = [
-    "lyric_mass",
-    "lyric_meta_mass",
-    "timbre_mass",
-    "caption_mass",
-    "padding_mass",
     "entropy",
     "entropy_lyric",
     "dominant_fraction",
@@ -83,6 +84,9 @@ def analyze(cap: Capture, sung_threshold: float = 0.5, sung_relative: bool = Tru
     if any(np.isnan(kept_t)):
         raise ValueError(f"cap.steps {cap.steps} point outside cap.timesteps ({len(cap.timesteps)} seen)")
     labels_b = cap.batch_labels if len(cap.batch_labels) == B else [str(b) for b in range(B)]
+    voc = cap.layout.vocabulary
+    seq_codes = [voc.code(s) for s in voc.sequence_names()]  # the sequence segment's mass (ACE-Step: lyric mass)
+    mass_names = mass_columns(cap.layout)
     si, li, hi = np.meshgrid(np.arange(S), np.arange(L), np.arange(H), indexing="ij")  # [S, L, H]
     frames = []
     for b in range(B):
@@ -91,7 +95,7 @@ def analyze(cap: Capture, sung_threshold: float = 0.5, sung_relative: bool = Tru
         labels = it.lyric_labels()
         a = st["lyric_argmax"][:, :, b]  # [S, L, H, F]
         mass = st["mass"][:, :, b].astype(np.float64)  # [S, L, H, F, seg]
-        m = head_metrics(a, mass[..., 0], n, sung_threshold, sung_relative)
+        m = head_metrics(a, mass[..., seq_codes].sum(-1), n, sung_threshold, sung_relative)
         cols: dict[str, Any] = {
             "step": np.asarray(cap.steps)[si].ravel(),
             "timestep": np.asarray(kept_t, dtype=np.float64)[si].ravel(),
@@ -103,7 +107,7 @@ def analyze(cap: Capture, sung_threshold: float = 0.5, sung_relative: bool = Tru
             "n_lyric_tokens": np.full(S * L * H, n),
         }
         mm = mass.mean(axis=-2)  # [S, L, H, seg]
-        for g, name in enumerate(MASS_COLUMNS):
+        for g, name in enumerate(mass_names):
             cols[name] = mm[..., g].ravel()
         cols["entropy"] = st["entropy"][:, :, b].astype(np.float64).mean(-1).ravel()
         cols["entropy_lyric"] = st["entropy_lyric"][:, :, b].astype(np.float64).mean(-1).ravel()
@@ -144,7 +148,8 @@ def summarize_heads(
     missing = [k for k in keys if k not in df.columns]
     if missing:
         raise ValueError(f"columns {missing} are not in the table; it has {list(df.columns)}")
-    cols = metrics if metrics is not None else [c for c in SCORE_COLUMNS if c in df.columns]
+    masses = [c for c in df.columns if c.endswith("_mass")]
+    cols = metrics if metrics is not None else masses + [c for c in SCORE_COLUMNS if c in df.columns]
     bad = [c for c in cols if c not in df.columns]
     if bad:
         raise ValueError(f"metrics {bad} are not in the table")

@@ -3,7 +3,7 @@
 Per-frame statistics (always kept for every selected step/layer/head)::
 
     stats["entropy"]        float32 [step, layer, batch, head, frame]           normalized entropy over all keys
-    stats["mass"]           float32 [step, layer, batch, head, frame, segment]  mass per segment (SEGMENTS order)
+    stats["mass"]           float32 [step, layer, batch, head, frame, segment]  mass per segment (the layout vocabulary's order)
     stats["argmax"]         int32   [step, layer, batch, head, frame]           packed key index of the max weight
     stats["entropy_lyric"]  float32 [step, layer, batch, head, frame]           entropy of the lyric-only map / log n
     stats["lyric_argmax"]   int32   [step, layer, batch, head, frame]           index i into L of argmax_i A[f, i]
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .layout import SEGMENTS, Layout
+from .layout import Layout
 
 STAT_NAMES: tuple[str, ...] = ("entropy", "mass", "argmax", "entropy_lyric", "lyric_argmax")
 
@@ -184,7 +184,7 @@ class Capture:
             ("maps", "none" if self.maps is None else str(tuple(self.maps.shape))),
         ]
         for b, it in enumerate(self.layout.items):
-            counts = ", ".join(f"{s} {it.segments.count(s)}" for s in SEGMENTS if it.segments.count(s))
+            counts = ", ".join(f"{s} {it.segments.count(s)}" for s in it.vocabulary.names if it.segments.count(s))
             rows.append((f"layout[{b}]", f"{counts}; {len(it.words)} sung words"))
         body = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows

@@ -3,10 +3,12 @@
 For one map ``P[f, s]`` (frames x packed keys, rows sum to 1) and the layout of its batch item:
 
     entropy(f)        = -sum_s P[f,s] log P[f,s] / log K                  K = number of packed keys (0 log 0 = 0)
-    mass(f, g)        = sum_{s in segment g} P[f,s]                       g over SEGMENTS (lyric, lyric_meta, timbre,
+    mass(f, g)        = sum_{s in segment g} P[f,s]                       g over the layout vocabulary's segments
+                                                                          (ACE-Step: lyric, lyric_meta, timbre,
                                                                           caption, padding); they add to 1
     argmax(f)         = argmax_s P[f,s]                                   packed key index (first one on ties)
-    A[f, i]           = P[f, L_i] / sum_i P[f, L_i]                       L = sung lyric keys, n = |L|
+    A[f, i]           = P[f, L_i] / sum_i P[f, L_i]                       L = keys of the vocabulary's sequence
+                                                                          segment (ACE-Step: sung lyric keys), n = |L|
     entropy_lyric(f)  = -sum_i A log A / log n
     lyric_argmax(f)   = argmax_i A[f,i] = argmax_i P[f, L_i]              index into L (first one on ties)
 
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..captures.layout import SEGMENTS, ItemLayout
+from ..captures.layout import ItemLayout
 
 
 def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
@@ -54,7 +56,7 @@ def check_map(P: torch.Tensor, name: str = "attention map") -> None:
 def frame_stats(P: Any, layout_item: ItemLayout, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Per-frame statistics of maps ``P[..., frame, key]`` of one batch item (see the module docstring).
 
-    Returns a dict with ``entropy`` ``[..., frame]``, ``mass`` ``[..., frame, segment]`` (SEGMENTS order),
+    Returns a dict with ``entropy`` ``[..., frame]``, ``mass`` ``[..., frame, segment]`` (the vocabulary's order),
     ``argmax`` ``[..., frame]`` (int32), ``entropy_lyric`` ``[..., frame]``, ``lyric_argmax`` ``[..., frame]``
     (int32; -1 without sung tokens). NumPy in, NumPy out; torch in, torch out (same device). Sums are done in
     float64 and floats returned as ``dtype`` (float32, as a Capture stores them).
@@ -71,7 +73,7 @@ def frame_stats(P: Any, layout_item: ItemLayout, dtype: torch.dtype = torch.floa
     codes = torch.as_tensor(layout_item.segment_codes(), device=x.device)
 
     # [..., frame, segment]
-    mass = torch.stack([x[..., codes == g].sum(-1) for g in range(len(SEGMENTS))], dim=-1)
+    mass = torch.stack([x[..., codes == g].sum(-1) for g in range(len(layout_item.vocabulary))], dim=-1)
     plogp = torch.where(x > 0, x * torch.log(torch.where(x > 0, x, 1.0)), 0.0)
     entropy = -plogp.sum(-1) / math.log(K) if K > 1 else torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
     argmax = x.argmax(-1).to(torch.int32)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..captures.layout import SEGMENTS, ItemLayout, Layout
+from ..captures.layout import ItemLayout, Layout
 from .frame_stats import check_map
 
 
@@ -44,12 +44,12 @@ def _as_maps(P: Any, n_keys: int | None = None) -> np.ndarray:
 
 
 def segment_masses(P: Any, layout: ItemLayout | Layout) -> dict[str, np.ndarray]:
-    """Mass of every segment per frame: ``{name: [..., frame]}`` for ``SEGMENTS``. They add to 1 when the layout is
+    """Mass of every segment per frame: ``{name: [..., frame]}`` for every segment of the layout's vocabulary. They add to 1 when the layout is
     known (keys of an ``"unknown"`` segment count in none)."""
     it = _item(layout)
     x = _as_maps(P, it.n_keys)
     codes = it.segment_codes()
-    return {name: x[..., codes == g].sum(-1) for g, name in enumerate(SEGMENTS)}
+    return {name: x[..., codes == g].sum(-1) for g, name in enumerate(it.vocabulary.names)}
 
 
 def lyric_mass(P: Any, layout: ItemLayout | Layout) -> np.ndarray:

@@ -202,7 +202,7 @@ def reference(inp: dict) -> list[dict]:
     q, k = inp["q"], inp["k"]
     qs, ks = (q, k) if q.ndim == 5 else (q[None], k[None])
     heads = inp["heads"].long()
-    oh = segment_onehot(inp["seg"].long())
+    oh = segment_onehot(inp["seg"].long(), 5)
     refs = []
     for li in range(qs.shape[0]):
         r, _ = reduce_reference(qs[li][:, :, heads], ks[li], D**-0.5, heads // GROUP, oh, inp["lidx"].long(), inp["nl"])

@@ -73,18 +73,18 @@ def test_layer_tables_takes_tables_from_an_arena_of_the_same_device_only():
 def test_device_layout_is_shared_by_captures_of_one_layout():
     from attnlens.captures import ItemLayout
     from attnlens.captures.session import _device_layout
-    from attnlens.reducers.stats import N_SEG
 
     a = ItemLayout.from_segment_lengths(lyric=3, lyric_meta=2, timbre=1, caption=2)
     b = ItemLayout.from_segment_lengths(lyric=2, lyric_meta=3, timbre=1, caption=2)
     dev = torch.device("cpu")
-    first = _device_layout([a, b], dev)
-    again = _device_layout([ItemLayout.from_segment_lengths(lyric=3, lyric_meta=2, timbre=1, caption=2), b], dev)
+    first = _device_layout([a, b], 5, dev)
+    again = _device_layout([ItemLayout.from_segment_lengths(lyric=3, lyric_meta=2, timbre=1, caption=2), b], 5, dev)
     assert all(x is y for x, y in zip(first, again))  # same content: the same tensors (launch plans are reused)
-    other = _device_layout([b, a], dev)
+    other = _device_layout([b, a], 5, dev)
     assert other[0] is not first[0]
-    onehot, lidx, n_l, codes32, lidx32, n_l32 = first
-    assert onehot.shape == (2, 8, N_SEG) and torch.equal(onehot.sum(-1), torch.ones(2, 8))
+    codes, onehot, lidx, n_l, codes32, lidx32, n_l32 = first
+    assert torch.equal(codes.int(), codes32)
+    assert onehot.shape == (2, 8, 5) and torch.equal(onehot.sum(-1), torch.ones(2, 8))
     assert lidx.tolist() == [[0, 1, 2, -1, -1, -1, -1, -1], [0, 1, -1, -1, -1, -1, -1, -1]]
     assert n_l.tolist() == [3, 2] and torch.equal(n_l32, n_l.int()) and torch.equal(lidx32, lidx.int())
     assert torch.equal(onehot.argmax(-1).int(), codes32)

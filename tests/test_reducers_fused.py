@@ -93,7 +93,7 @@ def test_fused_equals_reference():
     q, k, seg, lidx, nl = (t.to(DEV) for t in _case())
     heads = torch.tensor([0, 1, 3], device=DEV)
     out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), block_t=32, block_s=32)
-    ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg), lidx, nl)
+    ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg, 5), lidx, nl)
     for name in ref:
         if ref[name].dtype.is_floating_point:
             assert torch.allclose(out[name], ref[name], atol=5e-6), name
@@ -142,7 +142,7 @@ def test_fused_variants_equal_reference(case, variant, bf16_dot):
     q, k, seg, lidx, nl, heads = _case_tensors(case)
     cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
     out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg)
-    ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg), lidx, nl)
+    ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg, 5), lidx, nl)
     _check(out, ref, (case, variant))
     if case == "random_split_group":
         assert torch.all(out["lyric_argmax"][1] == -1) and torch.all(out["entropy_lyric"][1] == 0)
@@ -171,7 +171,7 @@ def test_fused_v2_whole_blocks_only(variant):
     plan = key_plan(seg.int(), lidx.int(), 16, cfg.order)
     assert plan.nblk.tolist() == [[2, 2]]
     out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg)
-    ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg), lidx, nl)
+    ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg, 5), lidx, nl)
     _check(out, ref, variant)
 
 
@@ -206,7 +206,7 @@ def test_fused_v2_block_shapes_and_batched_layers(cfg, bf16_dot):
     }
     config = replace(VARIANTS["v2_all"], **cfg)
     reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=out, slot=1, config=config)
-    onehot = segment_onehot(seg)
+    onehot = segment_onehot(seg, 5)
     for li in range(L):
         ref, _ = reduce_reference(q[li][:, :, heads], k[li], 0.25, heads // 2, onehot, lidx, nl)
         _check({n: v[li + 1] for n, v in out.items()}, ref, (cfg, li))

@@ -5,12 +5,16 @@
 
 Hooks (all removed in ``finally``, also when the pipeline raises):
 
-- a forward pre-hook on the transformer starts a step: reads ``t`` from its ``timestep``, decides whether the
-  step is kept, labels CFG halves when the batch is doubled;
-- forward hooks on each selected layer's ``cross_attn.norm_q`` / ``norm_k`` receive the post-norm query and key
-  exactly as the attention kernel sees them and hand them to the reducer; the model's own attention keeps
-  running on SDPA / flash and its outputs are untouched;
-- on a pipeline, hooks on the text encoder and condition encoder record what the layout needs.
+- a forward pre-hook on the transformer starts a step: reads ``t`` (through the model family), decides whether the
+  step is kept, labels CFG halves when the batch is doubled, reads the call's key mask;
+- forward hooks on each selected layer's query and key modules (the family's tap point: ACE-Step's ``norm_q`` /
+  ``norm_k``, Stable Audio's ``to_q`` / ``to_k``) receive the query and key exactly as the attention's softmax sees
+  them and hand them to the reducer; the model's own attention keeps running on SDPA / flash and its outputs are
+  untouched;
+- on a pipeline, the family's layout recorder hooks what the key layout needs (text encoder, condition encoder).
+
+Nothing here knows a model: the family (:mod:`attnlens.families`) is found by the registry or passed as
+``adapter=``.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ from typing import Any, Literal
 import torch
 
 from .. import __version__
-from ..adapters import adapter_for
-from ..adapters.acestep_layout import LayoutRecorder
 from ..devices import TableArena, upload
-from ..reducers.fused import StatsLauncher, fused_available, new_outputs, reduce_fused
+from ..families import resolve
+from ..reducers.fused import StatsLauncher, fused_available, new_outputs
 from ..reducers.stats import layer_probabilities, reduce_reference, segment_onehot
+from ..segments import MASKED_CODE
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
+from .batch import BatchLayoutError, batch_layout
 from .layout import ItemLayout, Layout
 from .result import STAT_NAMES, Capture
 
@@ -101,8 +106,9 @@ class CaptureSession:
         num_steps: int | None = None,
         stats: bool = True,
         reducer: str = "auto",
+        adapter: Any = None,
     ):
-        self.adapter = adapter_for(model)
+        self.adapter = resolve(model, adapter)
         f = self.adapter.facts
         self.layers = _normalize_selection("layers", layers, f.n_layers) or list(range(f.n_layers))
         self.heads = _normalize_selection("heads", heads, f.heads) or list(range(f.heads))
@@ -127,13 +133,14 @@ class CaptureSession:
                 "will run: pass num_steps=... (or capture the pipeline)"
             )
         self.hooks = HookSet()
-        self.recorder = LayoutRecorder(self.adapter.pipeline) if self.adapter.pipeline is not None else None
+        self.recorder = self.adapter.layout_recorder()
+        self.vocabulary = self.adapter.segments
         self.capture = Capture(
             layers=list(self.layers),
             heads=list(self.heads),
             steps=[],
             timesteps=[],
-            layout=self.user_layout or Layout(items=[], source="unknown"),
+            layout=self.user_layout or Layout(items=[], source="unknown", vocabulary_=self.vocabulary),
             frame_rate=self.adapter.frame_rate,
             model=self.adapter.model_info(),
             meta={"attnlens": __version__, "maps": maps, "reducer": None},
@@ -291,43 +298,40 @@ class CaptureSession:
         self._pending_copies = True
 
     def _prepare_layout(self, args, kwargs) -> None:
-        B = self.adapter.batch_of_call(args, kwargs)
-        S = self.adapter.encoder_length_of_call(args, kwargs)
-        layout = self.user_layout
+        ad = self.adapter
+        B = ad.batch_of_call(args, kwargs)
+        S = ad.encoder_length_of_call(args, kwargs)
+        mask = ad.key_mask_of_call(args, kwargs)
+        layout, labels = self.user_layout, None
         if layout is None and self.recorder is not None:
-            layout = self.recorder.layout
-        key = (id(layout), B, S)
+            layout, labels = _recorded_rows(self.recorder, B, args, kwargs)
+        key = (id(layout), B, S, None if mask is None else (id(mask), mask._version))
         if self._layout_cache is not None and self._layout_cache[0] == key:
             return  # as in the step before: labels, layout and device tensors stand
-        cond_items: list[ItemLayout]
-        if layout is None:
-            cond_items = [ItemLayout.unknown(S) for _ in range(B)]
-            layout = Layout(items=cond_items, source="unknown")
-            labels = [f"cond:{i}" for i in range(B)]
-            if not self.capture.meta.get("layout_warning"):
-                self.capture.meta["layout_warning"] = "layout unknown: segment masses and lyric statistics are empty"
-        elif len(layout) == B:
-            cond_items = layout.items
-            labels = [f"cond:{i}" for i in range(B)]
-        elif len(layout) == 1 and self.user_layout is not None:
-            cond_items = layout.items * B
-            labels = [f"cond:{i}" for i in range(B)]
-        elif 2 * len(layout) == B:
-            cond_items = layout.items + layout.items
-            n = len(layout)
-            labels = [f"cond:{i}" for i in range(n)] + [f"uncond:{i}" for i in range(n)]
-        else:
-            raise CaptureError(f"the transformer batch is {B} but the layout describes {len(layout)} item(s)")
-        for b, it in enumerate(cond_items):
-            if S is not None and it.n_keys != S:
-                raise CaptureError(
-                    f"layout of batch item {b} has {it.n_keys} keys but the transformer got {S} encoder positions"
-                )
-        if self.capture.batch_labels and self.capture.batch_labels != labels:
-            raise CaptureError(f"batch changed inside one capture: {self.capture.batch_labels} -> {labels}")
-        self.capture.batch_labels = labels
-        self.capture.layout = layout
-        self._layout_cache = (key, *_device_layout(cond_items, self._q_index.device))
+        try:
+            rows = batch_layout(
+                layout,
+                B,
+                S,
+                self.vocabulary,
+                ad.cfg_order,
+                labels,
+                from_user=self.user_layout is not None,
+            )
+        except BatchLayoutError as e:
+            raise CaptureError(str(e)) from None
+        if not rows.known and not self.capture.meta.get("layout_warning"):
+            self.capture.meta["layout_warning"] = "layout unknown: segment masses and lyric statistics are empty"
+        if self.capture.batch_labels and self.capture.batch_labels != rows.labels:
+            raise CaptureError(f"batch changed inside one capture: {self.capture.batch_labels} -> {rows.labels}")
+        self.capture.batch_labels = rows.labels
+        self.capture.layout = rows.layout
+        dev = self._q_index.device
+        tensors = _device_layout(rows.layout.items, len(self.vocabulary), dev)
+        if mask is not None:
+            tensors = _masked_layout(tensors, _key_valid(mask, B, S, dev))
+            self.capture.meta["key_mask"] = True
+        self._layout_cache = (key, *tensors)
 
     # ------------------------------------------------------------- reducers
     def _is_active(self) -> bool:
@@ -335,6 +339,8 @@ class CaptureSession:
 
     def _use_fused(self, q: torch.Tensor) -> bool:
         if self.reducer == "reference" or not self.keep_stats:
+            return False
+        if not self.adapter.facts.scale > 0:  # the kernel folds a positive scale into its exponent: reference path
             return False
         # "auto" takes the kernel on CUDA only; "fused" also accepts Triton's CPU interpreter (for tests)
         ok = fused_available(q) and (q.is_cuda or self.reducer == "fused")
@@ -372,7 +378,7 @@ class CaptureSession:
             self._flush_stash()  # (len(stash) + flushed: the distinct layers of this step seen so far)
 
     def _reduce_reference(self, li: int, q: torch.Tensor, k: torch.Tensor) -> None:
-        _, onehot, lyr_index, n_lyric = self._layout_cache[:4]
+        _, codes, onehot, lyr_index, n_lyric = self._layout_cache[:5]
         keep_maps = self.maps_mode is not False
         with torch.no_grad():
             qs = q.detach().index_select(2, self._q_index.to(q.device))  # [B, T, h, D]
@@ -385,6 +391,7 @@ class CaptureSession:
                 lyr_index,
                 n_lyric,
                 keep_maps,
+                key_valid=self._key_valid_now(),
             )
         if self.keep_stats:
             self._parts[(self._step_pos, li)] = stats
@@ -406,7 +413,10 @@ class CaptureSession:
                 group = run[i : i + n]
                 qs = [self._stash[li][0] for li in group]
                 ks = [self._stash[li][1] for li in group]
-                self._keep_maps(group[0], layer_probabilities(qs, ks, self._q_index, self._kv_index, scale))
+                probs = layer_probabilities(
+                    qs, ks, self._q_index, self._kv_index, scale, key_valid=self._key_valid_now()
+                )
+                self._keep_maps(group[0], probs)
 
     def _keep_maps(self, first: int, maps: torch.Tensor) -> None:
         """Keep the probabilities ``[L, B, h, T, S]`` of slots ``first .. first + L - 1``: running sums
@@ -493,24 +503,31 @@ class CaptureSession:
         """The statistics kernel for this capture's layout and heads, resolved once per layout."""
         lc = self._layout_cache
         if self._launcher is None or self._launcher[0] is not lc:
-            _, _, _, _, seg32, lidx32, nl32 = lc
+            seg32, lidx32, nl32 = lc[5:8]
             f = self.adapter.facts
-            args = (f.scale, self._heads_i32, f.group, seg32, lidx32, nl32)
-            opts = {"heads_list": self.heads, "tables": self._tables}
-            if f.scale > 0:
-                fn = StatsLauncher(*args, **opts)
-            else:  # the v2 kernel needs scale > 0: reduce_fused picks the kernel that takes it
-
-                def fn(q, k, out=None, slot=0):
-                    return reduce_fused(q, k, *args, out=out, slot=slot, **opts)
-
+            fn = StatsLauncher(
+                f.scale,
+                self._heads_i32,
+                f.group,
+                seg32,
+                lidx32,
+                nl32,
+                heads_list=self.heads,
+                tables=self._tables,
+                n_seg=len(self.vocabulary),
+            )
             self._launcher = (lc, fn)
         return self._launcher[1]
 
     def _new_step_buffers(self, q: torch.Tensor) -> None:
         """Per-step output buffers ``[layer, batch, head, frame(, segment)]`` for the fused reducer (views of one
         allocation, :func:`~attnlens.reducers.fused.new_outputs`)."""
-        self._step_bufs.append(new_outputs(q.device, (len(self.layers),), q.shape[0], len(self.heads), q.shape[1]))
+        B, T = q.shape[0], q.shape[1]
+        self._step_bufs.append(new_outputs(q.device, (len(self.layers),), B, len(self.heads), T, len(self.vocabulary)))
+
+    def _key_valid_now(self) -> torch.Tensor | None:
+        """This step's key mask ``[B, S]`` (True: in the softmax), or ``None`` when the call passed none."""
+        return None if not self.capture.meta.get("key_mask") else self._layout_cache[1] != MASKED_CODE
 
     # ------------------------------------------------------------- finalize
     def _finalize(self) -> None:
@@ -641,9 +658,10 @@ def _device_heads(heads: tuple[int, ...], group: int, dev: torch.device) -> tupl
     return _recall(_DEVICE_HEADS, (str(dev), heads, group), build)
 
 
-def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Tensor, ...]:
-    """``(onehot, lyric_index, n_lyric, codes32, lyric_index32, n_lyric32)`` of a batch's items on ``dev``, built on
-    the host and moved without a synchronization (:func:`~attnlens.devices.upload`)."""
+def _device_layout(items: list[ItemLayout], n_seg: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(codes, onehot, lyric_index, n_lyric, codes32, lyric_index32, n_lyric32)`` of a batch's items on ``dev``
+    (``codes``/``lyric_index`` ``[B, S]``, ``onehot`` ``[B, S, n_seg]``, ``n_lyric`` ``[B]``), built on the host and
+    moved without a synchronization (:func:`~attnlens.devices.upload`)."""
     codes_l = [tuple(it.segment_codes().tolist()) for it in items]
     lyric_l = [tuple(int(i) for i in it.lyric_positions()) for it in items]
 
@@ -653,10 +671,52 @@ def _device_layout(items: list[ItemLayout], dev: torch.device) -> tuple[torch.Te
         for b, pos in enumerate(lyric_l):
             lyr_index[b, list(pos)] = torch.arange(len(pos))
         n_lyric = (lyr_index >= 0).sum(dim=1)
-        host = (segment_onehot(codes), lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int())
+        onehot = segment_onehot(codes, n_seg)
+        host = (codes, onehot, lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int())
         return tuple(upload(x, dev) for x in host)
 
-    return _recall(_DEVICE_LAYOUTS, (str(dev), tuple(codes_l), tuple(lyric_l)), build)
+    return _recall(_DEVICE_LAYOUTS, (str(dev), n_seg, tuple(codes_l), tuple(lyric_l)), build)
+
+
+def _recorded_rows(recorder: Any, batch: int, args: tuple, kwargs: dict) -> tuple[Layout | None, list[str] | None]:
+    """What a family's layout recorder saw: ``recorder.rows(batch, args, kwargs)`` (a layout and a label per row)
+    when it has that method, else ``recorder.layout`` (labels from the batch size and the family's CFG order)."""
+    rows = getattr(recorder, "rows", None)
+    if rows is None:
+        return recorder.layout, None
+    got = rows(batch, args, kwargs)
+    return (None, None) if got is None else got
+
+
+def _key_valid(mask: torch.Tensor, B: int, S: int | None, dev: torch.device) -> torch.Tensor:
+    """The call's key mask as booleans ``[B, S]`` on ``dev`` (True: the key is in the softmax).
+
+    A boolean mask is used as it is. A float mask is added to the logits by SDPA: only 0 (keep) and -inf (drop) can be
+    represented by a capture, which checks it once per mask tensor (a read-back from the device)."""
+    if mask.ndim != 2 or mask.shape[0] != B or (S is not None and mask.shape[1] != S):
+        raise CaptureError(f"key mask of shape {tuple(mask.shape)}; expected [batch {B}, keys {S}]")
+    if mask.dtype == torch.bool:
+        return mask.to(dev, non_blocking=True)
+    if mask.is_floating_point():
+        ok = bool(((mask == 0) | (mask == float("-inf"))).all())
+        if not ok:
+            raise CaptureError(
+                "the call's float attention mask holds values other than 0 and -inf (an additive bias): attnlens "
+                "captures masks that keep or drop keys; pass a boolean mask (True: attend)"
+            )
+        return (mask == 0).to(dev, non_blocking=True)
+    raise CaptureError(f"key mask of dtype {mask.dtype}; expected torch.bool (True: attend) or a 0/-inf float mask")
+
+
+def _masked_layout(tensors: tuple[torch.Tensor, ...], valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The device layout with masked keys: segment code ``MASKED_CODE`` (no segment, probability 0), out of ``L``
+    (lyric index -1; ``n_lyric`` counts the keys of ``L`` left). Device operations only (no synchronization)."""
+    codes, onehot, lyr_index, _n, _c32, _l32, _n32 = tensors
+    codes = torch.where(valid, codes, MASKED_CODE)
+    onehot = onehot * valid.unsqueeze(-1)
+    lyr_index = torch.where(valid, lyr_index, -1)
+    n_lyric = (lyr_index >= 0).sum(dim=1)
+    return codes, onehot, lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int()
 
 
 class _HostBlock:
@@ -722,8 +782,11 @@ def capture(
     layout: Any = None,
     num_steps: int | None = None,
     reducer: str = "auto",
+    adapter: Any = None,
 ) -> CaptureSession:
-    """Capture cross-attention from an ``AceStepPipeline`` (or a bare ``AceStepTransformer1DModel``).
+    """Capture cross-attention from a pipeline or a bare transformer of a known model family (ACE-Step:
+    ``AceStepPipeline`` / ``AceStepTransformer1DModel``; Stable Audio: ``StableAudioPipeline`` /
+    ``StableAudioDiTModel``; or a family registered with ``al.adapters.register``).
 
     Args:
         model: the pipeline or the transformer.
@@ -737,9 +800,19 @@ def capture(
         num_steps: for a bare transformer with negative ``steps``: how many steps will run.
         reducer: ``"auto"`` (fused Triton kernel on CUDA when possible, else the reference path), ``"reference"``
             (chunked PyTorch, fp32; forces the reference everywhere) or ``"fused"`` (error if unavailable).
+        adapter: the model family, when the registry should not pick it: a family class (called with ``model``)
+            or a family instance (see :mod:`attnlens.families`).
 
     Use as ``with al.capture(pipe) as cap: pipe(...)``; ``cap`` is filled when the block ends.
     """
     return CaptureSession(
-        model, layers=layers, heads=heads, steps=steps, maps=maps, layout=layout, num_steps=num_steps, reducer=reducer
+        model,
+        layers=layers,
+        heads=heads,
+        steps=steps,
+        maps=maps,
+        layout=layout,
+        num_steps=num_steps,
+        reducer=reducer,
+        adapter=adapter,
     )

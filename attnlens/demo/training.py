@@ -179,7 +179,7 @@ class HeadGuide:
     """
 
     def __init__(self, transformer: Any, layer: int, head: int, lyric_pos: list[int], targets: torch.Tensor):
-        from attnlens.adapters import adapter_for
+        from attnlens.families import resolve as adapter_for
         from attnlens.taps.hooks import HookSet
 
         self.adapter = adapter_for(transformer)

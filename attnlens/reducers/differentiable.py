@@ -39,8 +39,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..adapters import adapter_for
 from ..devices import upload
+from ..families import resolve as adapter_for
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
 from .fused_entropy import fused_attention_entropy, fused_attention_entropy_layers, fused_entropy_supported

@@ -54,7 +54,6 @@ import torch
 
 from ..devices import TableArena, upload
 from .layer_table import layer_tables
-from .stats import N_SEG
 
 try:  # Triton is optional: CUDA builds of torch bring it
     import triton
@@ -789,7 +788,7 @@ def reduce_fused(
     S, KVH = k.shape[-3], k.shape[-2]
     h = heads.numel()
     if out is None:
-        out, slot = new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T), 0
+        out, slot = new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T, 5), 0
     q, k = q.contiguous(), k.contiguous()
     grid = ((T + cfg.block_t - 1) // cfg.block_t, B * h, n_layers)
     _stats_kernel[grid](
@@ -819,12 +818,14 @@ def _launch_options(cfg: FusedConfig) -> dict[str, int]:
     return launch
 
 
-def new_outputs(dev: torch.device, lead: tuple[int, ...], B: int, h: int, T: int) -> dict[str, torch.Tensor]:
+def new_outputs(
+    dev: torch.device, lead: tuple[int, ...], B: int, h: int, T: int, n_seg: int
+) -> dict[str, torch.Tensor]:
     """The five output buffers of the statistics kernel, ``[*lead, B, h, T]`` (``mass``: ``[*lead, B, h, T,
     N_SEG]``), as views of one allocation: each view starts 16-byte aligned, ``argmax`` and ``lyric_argmax`` are
     int32 views of fp32 places (a capture moves and frees a step's statistics as one block)."""
     n = math.prod(lead) * B * h * T
-    widths = {"entropy": 1, "mass": N_SEG, "argmax": 1, "entropy_lyric": 1, "lyric_argmax": 1}
+    widths = {"entropy": 1, "mass": n_seg, "argmax": 1, "entropy_lyric": 1, "lyric_argmax": 1}
     sizes = {name: -(-n * w // 4) * 4 for name, w in widths.items()}  # whole 16-byte units
     flat = torch.empty(sum(sizes.values()), device=dev, dtype=torch.float32)
     out, at = {}, 0
@@ -857,7 +858,10 @@ class StatsLauncher:
         cfg: FusedConfig | None = None,
         heads_list: list[int] | None = None,
         tables: TableArena | None = None,
+        n_seg: int = 5,
     ):
+        if n_seg != 5:
+            raise NotImplementedError("the statistics kernel takes 5 segments")
         cfg = cfg or DEFAULT_CONFIG
         if cfg.kernel != "v2" or not scale > 0:
             raise ValueError(
@@ -904,7 +908,7 @@ class StatsLauncher:
         h = self.h
         if out is None:
             lead = (n_layers,) if n_layers > 1 or q.ndim == 5 else ()
-            out, slot = new_outputs(q.device, lead, B, h, T), 0
+            out, slot = new_outputs(q.device, lead, B, h, T, 5), 0
         grid = ((T + self.block_t - 1) // self.block_t, B * self.n_prog, n_layers)
         _stats_kernel_v2[grid](
             q, k, q if qoff is None else qoff, k if koff is None else koff, *self._plan_args,

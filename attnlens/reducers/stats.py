@@ -1,9 +1,10 @@
 """Per-frame statistics of cross-attention, computed from post-norm Q and K without keeping the map.
 
-For one (batch item, head) with logits ``s[f, j] = scale · q_f · k_j`` and ``P = softmax(s)`` over all packed keys::
+For one (batch item, head) with logits ``s[f, j] = scale · q_f · k_j`` and ``P = softmax(s)`` over the keys the
+model attends to (all packed keys, or those its key mask keeps: a masked key has probability exactly 0)::
 
-    entropy[f]        = -Σ_j P[f,j] log P[f,j] / log S                    (S = number of keys)
-    mass[f, g]        = Σ_{j in segment g} P[f,j]                          (g over SEGMENTS; Σ_g = 1 when known)
+    entropy[f]        = -Σ_j P[f,j] log P[f,j] / log S                    (S = number of keys in the softmax)
+    mass[f, g]        = Σ_{j in segment g} P[f,j]                          (g over the n_seg segments; Σ_g = 1 when known)
     argmax[f]         = argmax_j s[f,j]
     A[f, i]           = P[f, L_i] / Σ_i P[f, L_i] = softmax over the lyric set L of s   (lyric-only map)
     entropy_lyric[f]  = -Σ_i A log A / log n   (n = |L|; 0 when n <= 1)
@@ -18,10 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from ..segments import SEGMENTS
-
-N_SEG = len(SEGMENTS)
 
 
 def expand_kv(k: torch.Tensor, kv_index: torch.Tensor) -> torch.Tensor:
@@ -40,43 +37,64 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
 
 
 def layer_probabilities(
-    qs: list[torch.Tensor], ks: list[torch.Tensor], q_index: torch.Tensor, kv_index: torch.Tensor, scale: float
+    qs: list[torch.Tensor],
+    ks: list[torch.Tensor],
+    q_index: torch.Tensor,
+    kv_index: torch.Tensor,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probabilities of the selected heads of several layers in one batch: ``softmax(scale · q kᵀ)`` in fp32.
 
     ``qs[l]``: ``[B, T, H, D]``, ``ks[l]``: ``[B, S, KVH, D]`` (one shape for all layers); ``q_index`` / ``kv_index``:
     ``[h]`` query heads and the key head each one reads. Returns ``[L, B, h, T, S]``, equal to :func:`probabilities`
     layer by layer (same fp32 products and sums; one batched product instead of one per layer, so the kernel
-    launches do not grow with the layers).
+    launches do not grow with the layers). ``key_valid``: ``[B, S]`` bool, False for keys the model masks out of
+    its softmax (probability exactly 0), or ``None``.
     """
     q = qs[0].unsqueeze(0) if len(qs) == 1 else torch.stack(qs)  # [L, B, T, H, D]
     k = ks[0].unsqueeze(0) if len(ks) == 1 else torch.stack(ks)  # [L, B, S, KVH, D]
     qh = q.transpose(2, 3).index_select(2, q_index).float()  # [L, B, h, T, D]
     kh = k.transpose(2, 3).index_select(2, kv_index).float()  # [L, B, h, S, D]
-    logits = torch.matmul(qh, kh.transpose(-1, -2))  # [L, B, h, T, S]
-    return torch.softmax(logits.mul_(scale), dim=-1)
+    logits = torch.matmul(qh, kh.transpose(-1, -2)).mul_(scale)  # [L, B, h, T, S]
+    if key_valid is not None:
+        logits.masked_fill_(~key_valid[None, :, None, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1)
 
 
-def segment_onehot(seg_codes: torch.Tensor) -> torch.Tensor:
-    """``[B, S]`` segment codes -> float ``[B, S, N_SEG]`` one-hot (unknown keys, code -1, are all zero)."""
+def segment_onehot(seg_codes: torch.Tensor, n_seg: int) -> torch.Tensor:
+    """``[B, S]`` segment codes -> float ``[B, S, n_seg]`` one-hot (unknown keys, code -1, and masked keys, code -2,
+    are all zero)."""
     known = seg_codes >= 0  # no boolean indexing: that would make a GPU wait for the host
-    oh = torch.nn.functional.one_hot(seg_codes.clamp(min=0).long(), N_SEG).float()
+    oh = torch.nn.functional.one_hot(seg_codes.clamp(min=0).long(), n_seg).float()
     return oh * known.unsqueeze(-1)
 
 
 def frame_stats_from_logits(
-    logits: torch.Tensor, onehot: torch.Tensor, lyric_index: torch.Tensor, n_lyric: torch.Tensor
+    logits: torch.Tensor,
+    onehot: torch.Tensor,
+    lyric_index: torch.Tensor,
+    n_lyric: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics from logits ``[B, h, T, S]`` (see module docstring).
 
-    ``onehot``: ``[B, S, N_SEG]``; ``lyric_index``: ``[B, S]`` index into L of each key (-1 if not in L);
-    ``n_lyric``: ``[B]``. Returns arrays ``[B, h, T]`` (mass ``[B, h, T, N_SEG]``).
+    ``onehot``: ``[B, S, n_seg]``; ``lyric_index``: ``[B, S]`` index into L of each key (-1 if not in L);
+    ``n_lyric``: ``[B]``; ``key_valid``: ``[B, S]`` bool (False: masked out of the softmax) or ``None``. Returns
+    arrays ``[B, h, T]`` (mass ``[B, h, T, n_seg]``).
     """
     S = logits.shape[-1]
+    if key_valid is not None:
+        logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
     logp = torch.log_softmax(logits, dim=-1)  # [B, h, T, S]
     p = logp.exp()
-    ent = -(p * logp).sum(-1)
-    entropy = ent / math.log(S) if S > 1 else torch.zeros_like(ent)
+    ent = -torch.where(p == 0, torch.zeros_like(p), p * logp).sum(-1)  # 0 · log 0 = 0 for masked keys
+    if key_valid is None:
+        entropy = ent / math.log(S) if S > 1 else torch.zeros_like(ent)
+    else:  # normalized by the keys each item attends to
+        n_keys = key_valid.sum(-1).to(torch.float64)[:, None, None]  # [B, 1, 1]
+        inv = torch.where(n_keys > 1, 1.0 / torch.log(n_keys.clamp(min=2)), 0.0).to(ent.dtype)
+        entropy = ent * inv
     mass = torch.einsum("bhts,bsg->bhtg", p, onehot)
     argmax = logits.argmax(dim=-1).to(torch.int32)
 
@@ -118,11 +136,13 @@ def reduce_reference(
     lyric_index: torch.Tensor,
     n_lyric: torch.Tensor,
     keep_maps: bool = False,
+    key_valid: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Statistics (and optionally probabilities) for selected query heads.
 
     q: ``[B, T, h, D]`` (already the selected heads), k: ``[B, S, KVH, D]``, kv_index: ``[h]`` KV head of each
-    selected query head. Returns stats ``[B, h, T(, N_SEG)]`` and maps ``[B, h, T, S]`` (fp32) or ``None``.
+    selected query head, key_valid: ``[B, S]`` bool (False: masked) or ``None``. Returns stats ``[B, h, T(, n_seg)]``
+    and maps ``[B, h, T, S]`` (fp32) or ``None``.
     """
     kx = expand_kv(k, kv_index)
     B, T, h, _ = q.shape
@@ -132,7 +152,9 @@ def reduce_reference(
     maps = []
     for t0 in range(0, T, step):
         logits = attention_logits(q[:, t0 : t0 + step], kx, scale)
-        parts.append(frame_stats_from_logits(logits, onehot, lyric_index, n_lyric))
+        if key_valid is not None:
+            logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+        parts.append(frame_stats_from_logits(logits, onehot, lyric_index, n_lyric, key_valid))
         if keep_maps:
             maps.append(torch.softmax(logits, dim=-1))
     stats = {name: torch.cat([p[name] for p in parts], dim=2) for name in parts[0]}

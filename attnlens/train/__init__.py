@@ -16,8 +16,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .. import captures as _captures  # noqa: F401  (import order: captures before reducers)
-
 _NAMES: dict[str, str] = {
     "LoraConfig": "lora",
     "add_lora": "lora",

@@ -8,7 +8,7 @@
 4. ``context_latents = cat([src_latents, chunk_mask], -1)``: ``src_latents`` = the silence latent tiled to the
    clip length, ``chunk_mask`` = ones ``[B, T, acoustic_dim]``.
 
-Ids and masks are recorded by :class:`attnlens.adapters.acestep_layout.LayoutRecorder` hooks during the call, so
+Ids and masks are recorded by :class:`attnlens.adapters.acestep.layout.LayoutRecorder` hooks during the call, so
 the layout (which packed key is which sung token) is the one the pipeline would have.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.acestep_layout import LayoutRecorder
+from ..adapters.acestep.layout import LayoutRecorder
 from ..captures.layout import Layout
 from ..taps.hooks import HookSet
 

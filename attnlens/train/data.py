@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from ..adapters.acestep_layout import TAG_RE
+from ..adapters.acestep.layout import TAG_RE
 from ..files import atomic_save_safetensors
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")

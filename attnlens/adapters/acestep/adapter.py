@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from .base import AdapterError, AttentionFacts
+from ...families import AdapterError, AttentionFacts, FamilyBase
+from .layout import ACE_STEP_SEGMENTS, LayoutRecorder
 
 DEFAULT_LATENT_RATE = 25.0
 
@@ -32,10 +33,18 @@ def _is_pipeline(obj: Any) -> bool:
     return hasattr(obj, "transformer") and hasattr(obj, "condition_encoder")
 
 
-class AceStepAdapter:
+class AceStepAdapter(FamilyBase):
     """Adapter for a diffusers ``AceStepPipeline`` or a bare ``AceStepTransformer1DModel``."""
 
     name = "ace-step"
+    describes = "a diffusers AceStepPipeline or AceStepTransformer1DModel"
+    segments = ACE_STEP_SEGMENTS
+    cfg_order = ("cond", "uncond")  # base models double the batch: conditional first, then the null condition
+    encoder_arg = ("encoder_hidden_states", 3)
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        return _is_pipeline(model) or _is_transformer(model)
 
     def __init__(self, model: Any, latent_rate: float | None = None):
         if _is_pipeline(model):
@@ -71,8 +80,6 @@ class AceStepAdapter:
             head_dim=int(ca.head_dim),
             scale=float(ca.scaling),
         )
-        if self.facts.heads % self.facts.kv_heads:
-            raise AdapterError(f"query heads {self.facts.heads} not a multiple of KV heads {self.facts.kv_heads}")
         self.patch_size = int(getattr(self.transformer.config, "patch_size", 2))
         if latent_rate is None:
             latent_rate = float(
@@ -92,44 +99,15 @@ class AceStepAdapter:
     def value_module(self, layer: int) -> nn.Module:
         return self.cross_attention(layer).to_v
 
-    # ---------------------------------------------------------------- calls
-    def timestep_of_call(self, args: tuple, kwargs: dict) -> Any:
-        """The call's ``t``: a float, or a 0-d tensor left on its device (reading it would synchronize a GPU): a copy,
-        since a loop may refill one timestep tensor in place from step to step."""
-        t = kwargs.get("timestep")
-        if t is None and len(args) > 1:
-            t = args[1]
-        if t is None:
-            raise ValueError("transformer call without a `timestep` argument: cannot tell which step this is")
-        if hasattr(t, "reshape"):
-            t = t.detach().reshape(-1)[0]
-            return float(t) if t.device.type == "cpu" else t.clone()
-        return float(t)
-
-    def encoder_length_of_call(self, args: tuple, kwargs: dict) -> int | None:
-        ehs = kwargs.get("encoder_hidden_states")
-        if ehs is None and len(args) > 3:
-            ehs = args[3]
-        return None if ehs is None else int(ehs.shape[1])
-
-    def batch_of_call(self, args: tuple, kwargs: dict) -> int:
-        hs = kwargs.get("hidden_states", args[0] if args else None)
-        return int(hs.shape[0])
+    def layout_recorder(self) -> LayoutRecorder | None:
+        return LayoutRecorder(self.pipeline) if self.pipeline is not None else None
 
     def model_info(self) -> dict[str, Any]:
-        f = self.facts
         cfg = getattr(self.transformer, "config", {})
         return {
-            "class": type(self.transformer).__name__,
-            "adapter": self.name,
-            "layers": f.n_layers,
-            "heads": f.heads,
-            "kv_heads": f.kv_heads,
-            "head_dim": f.head_dim,
-            "scale": f.scale,
+            **super().model_info(),
             "patch_size": self.patch_size,
             "latent_rate": self.latent_rate,
-            "frame_rate": self.frame_rate,
             "is_turbo": bool(getattr(cfg, "is_turbo", False)) if cfg else False,
             "hidden_size": int(getattr(cfg, "hidden_size", 0) or 0) if cfg else 0,
         }

@@ -18,8 +18,12 @@ from typing import Any
 
 import torch
 
-from ..captures.layout import KIND_END, KIND_HEADER, KIND_SPACE, KIND_SUNG, KIND_TAG, ItemLayout, Layout
-from ..taps.hooks import HookSet
+from ...captures.layout import KIND_END, KIND_HEADER, KIND_SPACE, KIND_SUNG, KIND_TAG, ItemLayout, Layout
+from ...segments import DEFAULT_SEGMENTS
+from ...taps.hooks import HookSet
+
+ACE_STEP_SEGMENTS = DEFAULT_SEGMENTS
+"""ACE-Step's keys: sung lyric tokens (the sequence ``L``), lyric header/tag tokens, timbre, caption, padding."""
 
 LYRIC_MARK = "# Lyric\n"
 CAPTION_MARK = "# Caption\n"
@@ -218,6 +222,7 @@ def build_layout(
                 word_spans=lyr["word_spans"],
                 word_line=lyr["word_line"],
                 lines=lyr["lines"],
+                vocabulary=ACE_STEP_SEGMENTS,
             )
         )
     return Layout(items=items, source="pipeline")

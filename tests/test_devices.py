@@ -72,7 +72,7 @@ def test_layer_tables_takes_tables_from_an_arena_of_the_same_device_only():
 
 def test_device_layout_is_shared_by_captures_of_one_layout():
     from attnlens.captures import ItemLayout
-    from attnlens.captures.session import _device_layout
+    from attnlens.captures.device_tables import device_layout as _device_layout
 
     a = ItemLayout.from_segment_lengths(lyric=3, lyric_meta=2, timbre=1, caption=2)
     b = ItemLayout.from_segment_lengths(lyric=2, lyric_meta=3, timbre=1, caption=2)

@@ -19,65 +19,34 @@ Nothing here knows a model: the family (:mod:`attnlens.families`) is found by th
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import math
 import warnings
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 
 from .. import __version__
-from ..devices import TableArena, upload
+from ..devices import TableArena
 from ..families import resolve
 from ..reducers.fused import StatsLauncher, fused_available, new_outputs
-from ..reducers.stats import layer_probabilities, reduce_reference, segment_onehot
+from ..reducers.stats import layer_probabilities, reduce_reference
 from ..segments import MASKED_CODE
 from ..taps.hooks import HookSet
 from ..taps.query_key import tap_query_key
 from .batch import BatchLayoutError, batch_layout
-from .layout import ItemLayout, Layout
+from .device_tables import DEVICE_HEADS as _DEVICE_HEADS  # noqa: F401 (cleared by tests)
+from .device_tables import DEVICE_LAYOUTS as _DEVICE_LAYOUTS  # noqa: F401
+from .device_tables import device_heads, device_layout, key_valid, masked_layout
+from .host import HostBlock, HostCopies
+from .layout import Layout
 from .result import STAT_NAMES, Capture
+from .selection import CaptureError, as_layout, normalize_selection
+from .steps import StepClock
+
+_HostBlock = HostBlock  # the name tests and benchmarks use
 
 MapsMode = bool | Literal["mean"]
 
 _ACTIVE_ATTR = "_attnlens_capture_active"
-
-
-class CaptureError(RuntimeError):
-    """The capture cannot go on (a second generation in one capture, a layout that does not fit, ...)."""
-
-
-def _normalize_selection(name: str, values: Any, n: int | None) -> list[int] | None:
-    if values is None:
-        return None
-    if isinstance(values, int):
-        values = [values]
-    try:
-        vals = [int(v) for v in values]
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be None, an int or a list of ints; got {values!r}") from None
-    if not vals:
-        raise ValueError(f"{name} is empty: pass None for all, or at least one index")
-    if len(set(vals)) != len(vals):
-        raise ValueError(f"{name} has duplicates: {vals}")
-    if n is not None:
-        bad = [v for v in vals if not -n <= v < n]
-        if bad:
-            raise IndexError(f"{name} {bad} out of range: the model has {n} (valid: 0..{n - 1} or {-n}..-1)")
-        vals = [v % n for v in vals]
-    return vals
-
-
-def _as_layout(layout: Any) -> Layout | None:
-    if layout is None or isinstance(layout, Layout):
-        return layout
-    if isinstance(layout, ItemLayout):
-        return Layout(items=[layout], source="user")
-    if isinstance(layout, (list, tuple)) and all(isinstance(x, ItemLayout) for x in layout):
-        return Layout(items=list(layout), source="user")
-    raise TypeError(f"layout must be a Layout, an ItemLayout or a list of ItemLayout; got {type(layout).__name__}")
 
 
 class CaptureSession:
@@ -110,14 +79,14 @@ class CaptureSession:
     ):
         self.adapter = resolve(model, adapter)
         f = self.adapter.facts
-        self.layers = _normalize_selection("layers", layers, f.n_layers) or list(range(f.n_layers))
-        self.heads = _normalize_selection("heads", heads, f.heads) or list(range(f.heads))
-        self.steps_req = _normalize_selection("steps", steps, None)
+        self.layers = normalize_selection("layers", layers, f.n_layers) or list(range(f.n_layers))
+        self.heads = normalize_selection("heads", heads, f.heads) or list(range(f.heads))
+        self.steps_req = normalize_selection("steps", steps, None)
         if maps not in (True, False, "mean"):
             raise ValueError(f"maps must be True, False or 'mean'; got {maps!r}")
         self.maps_mode = maps
         self.keep_stats = stats
-        self.user_layout = _as_layout(layout)
+        self.user_layout = as_layout(layout)
         self.num_steps = num_steps
         if reducer not in ("auto", "reference", "fused"):
             raise ValueError(f"reducer must be 'auto', 'reference' or 'fused'; got {reducer!r}")
@@ -146,8 +115,7 @@ class CaptureSession:
             meta={"attnlens": __version__, "maps": maps, "reducer": None},
         )
         # per-step state
-        self._kept: set[int] | None = None
-        self._step = -1
+        self.clock = StepClock(self.steps_req, self._total_steps, self.capture.timesteps, self.capture.steps)
         self._active = False
         self._step_pos = -1
         self._parts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -157,7 +125,6 @@ class CaptureSession:
         self._layout_cache: tuple[Any, ...] | None = None
         self._layer_pos = {layer: i for i, layer in enumerate(self.layers)}
         self._step_bufs: list[dict[str, torch.Tensor]] = []
-        self._t_pending: dict[int, torch.Tensor] = {}
         self._pending_copies = False
         self._host: dict[str, _HostBlock] | None = None
         self._fused: bool | None = None
@@ -166,15 +133,14 @@ class CaptureSession:
         self._stash_bytes = self._step_flushed = 0
         self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
         self._maps_host: _HostBlock | None = None
-        self._copy_stream: Any = None  # CUDA side stream for device -> host copies
-        self._maps_in_flight: collections.deque[tuple[Any, int]] = collections.deque()  # (copy done event, bytes)
+        self._copies = HostCopies()  # device -> host copies on a side stream, maps in flight bounded
         self.stash_budget_bytes = 128 << 20
         self._flush_at = self.stash_budget_bytes  # this step's flush size (set at its first layer)
         self._n_layers = len(self.layers)
         self._tables: TableArena | None = None  # the layers' offset tables (fused path)
         self._launcher: tuple[Any, Any] | None = None  # (layout cache it was built for, statistics launcher)
         dev = next(self.adapter.transformer.parameters()).device
-        self._q_index, self._kv_index, self._heads_i32 = _device_heads(tuple(self.heads), f.group, dev)
+        self._q_index, self._kv_index, self._heads_i32 = device_heads(tuple(self.heads), f.group, dev)
 
     # ----------------------------------------------------------- lifecycle
     def __enter__(self) -> Capture:
@@ -221,11 +187,9 @@ class CaptureSession:
         self._pending_q = {}
         self._maps_host = None
         self._done = {}
-        self._t_pending = {}
         self._host = None
         self._layout_cache = None
-        self._copy_stream = None
-        self._maps_in_flight.clear()
+        self._copies.clear()
         self._tables = None
         self._launcher = None
 
@@ -240,40 +204,12 @@ class CaptureSession:
                 return len(ts)
         return None
 
-    def _expected_steps(self) -> int | None:
-        """How many steps will be kept, when that is known."""
-        return len(self._kept) if self._kept else self._total_steps()
-
     def _on_step_begin(self, module, args, kwargs):
-        t = self.adapter.timestep_of_call(args, kwargs)
-        cap = self.capture
-        if isinstance(t, float):
-            _check_generation(cap.timesteps[-1] if cap.timesteps else None, t)
-        else:  # a device tensor: read it at the end, so that capture never synchronizes the GPU mid-run
-            self._t_pending[len(cap.timesteps)] = t
-            t = float("nan")
-        self._step += 1
-        cap.timesteps.append(t)
-        if self._kept is None:
-            if self.steps_req is None:
-                self._kept = set()  # all: decided per step
-            else:
-                total = self._total_steps()
-                if any(s < 0 for s in self.steps_req) and total is None:
-                    raise CaptureError(
-                        "cannot resolve negative steps: the number of steps is unknown (pass num_steps=)"
-                    )
-                resolved = {s + total if s < 0 else s for s in self.steps_req}
-                bad = [s for s in self.steps_req if (s + total if s < 0 else s) < 0] if total else []
-                if bad:
-                    raise CaptureError(f"steps {bad} out of range for {total} steps")
-                self._kept = resolved
-        keep = self.steps_req is None or self._step in self._kept
-        self._active = keep
-        if not keep:
+        pos = self.clock.begin(self.adapter.timestep_of_call(args, kwargs))
+        self._active = pos is not None
+        if pos is None:
             return
-        self._step_pos = len(cap.steps)
-        cap.steps.append(self._step)
+        self._step_pos = pos
         self._prepare_layout(args, kwargs)
 
     def _on_step_end(self, module, args, output):
@@ -292,8 +228,8 @@ class CaptureSession:
             return
         host = self._host
         if host is None:
-            host = self._host = {name: _HostBlock(self._expected_steps()) for name in bufs}
-        with self._side_stream(bufs["entropy"]):  # (all five are views of one allocation)
+            host = self._host = {name: HostBlock(self.clock.expected()) for name in bufs}
+        with self._copies.side_stream(bufs["entropy"]):  # (all five are views of one allocation)
             self._step_bufs[pos] = {name: host[name].put((pos,), buf) for name, buf in bufs.items()}
         self._pending_copies = True
 
@@ -327,9 +263,9 @@ class CaptureSession:
         self.capture.batch_labels = rows.labels
         self.capture.layout = rows.layout
         dev = self._q_index.device
-        tensors = _device_layout(rows.layout.items, len(self.vocabulary), dev)
+        tensors = device_layout(rows.layout.items, len(self.vocabulary), dev)
         if mask is not None:
-            tensors = _masked_layout(tensors, _key_valid(mask, B, S, dev))
+            tensors = masked_layout(tensors, key_valid(mask, B, S, dev))
             self.capture.meta["key_mask"] = True
         self._layout_cache = (key, *tensors)
 
@@ -433,9 +369,9 @@ class CaptureSession:
                 self._map_count += 1
             return
         if self._maps_host is None:
-            self._maps_host = _HostBlock(self._expected_steps(), inner=(len(self.layers),))
+            self._maps_host = HostBlock(self.clock.expected(), inner=(len(self.layers),))
         pos = self._step_pos
-        with self._side_stream(maps) as side:
+        with self._copies.side_stream(maps) as side:
             kept = self._maps_host.put_run((pos, first), maps)
             if side is not None:
                 done = torch.cuda.Event()
@@ -445,36 +381,13 @@ class CaptureSession:
             self._maps[(pos, first + i)] = kept[i]
 
     def _bound_maps_in_flight(self, done: Any, nbytes: int) -> None:
-        """Device maps stay allocated until their copy to the host is done: hold those in flight to twice the
-        stash budget, waiting (on the host) for the oldest copies past that. Finished copies are dropped without
-        waiting."""
-        flight = self._maps_in_flight
-        flight.append((done, nbytes))
-        while flight and flight[0][0].query():
-            flight.popleft()
-        held = sum(b for _, b in flight)
-        while flight and held > 2 * self.stash_budget_bytes:
-            ev, b = flight.popleft()
-            ev.synchronize()
-            held -= b
+        """Device maps stay allocated until their copy to the host is done: those in flight are held to twice the
+        stash budget (:meth:`HostCopies.bound`)."""
+        self._copies.bound(done, nbytes, 2 * self.stash_budget_bytes)
 
-    @contextlib.contextmanager
-    def _side_stream(self, *tensors: torch.Tensor) -> Iterator[Any]:
-        """Copies issued inside run on a side stream (CUDA): they wait for the kernels that wrote ``tensors`` and
-        then overlap the model's next kernels instead of queueing in front of them. The tensors are marked as used
-        by that stream, so their memory is not reused before the copies finish. Elsewhere: nothing changes."""
-        dev = tensors[0].device
-        if dev.type != "cuda":
-            yield None
-            return
-        if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(device=dev)
-        side = self._copy_stream
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            yield side
-        for t in tensors:
-            t.record_stream(side)
+    @property
+    def _maps_in_flight(self) -> Any:
+        return self._copies.in_flight
 
     def _flush_stash(self) -> None:
         """Run the kernel over the stashed layers: one launch per run of consecutive slots (layers arrive in the
@@ -536,7 +449,7 @@ class CaptureSession:
             dev = self._q_index.device
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)  # the model's device (also the side stream's)
-        self._resolve_timesteps()
+        self.clock.resolve_timesteps()
         ns = len(cap.steps)
         if ns == 0:
             warnings.warn(
@@ -555,18 +468,6 @@ class CaptureSession:
         except StopIteration:
             pass
         cap.meta["dtype"] = dtype
-
-    def _resolve_timesteps(self) -> None:
-        """Device timesteps read once, at the end (one copy), then checked for a second generation."""
-        if not self._t_pending:
-            return
-        cap = self.capture
-        idx = sorted(self._t_pending)
-        values = torch.stack([self._t_pending[i].float() for i in idx]).cpu().tolist()
-        for i, v in zip(idx, values):
-            cap.timesteps[i] = float(v)
-        for a, b in zip(cap.timesteps, cap.timesteps[1:]):
-            _check_generation(a, b)
 
     def _check_complete(self) -> None:
         ns, nl = len(self.capture.steps), len(self.layers)
@@ -626,58 +527,6 @@ class CaptureSession:
             cap.maps_mean = torch.stack([(self._map_sum[li] / self._map_count).cpu() for li in range(nl)])
 
 
-# The layout's and the heads' device tensors, shared by captures of the same layout and heads on the same device
-# (a song generated again, a training run): the kernel's launch plan, cached by the identity of these tensors, is
-# then built once, not once per capture (its ~40 small device operations cost the host more than the rest of a
-# capture's first step). A few small tensors per entry; the least recently used entries go first.
-_DEVICE_LAYOUTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
-_DEVICE_HEADS: dict[tuple, tuple[torch.Tensor, ...]] = {}
-_DEVICE_CACHE_MAX = 16
-
-
-def _recall(cache: dict[tuple, tuple[torch.Tensor, ...]], key: tuple, build: Any) -> tuple[torch.Tensor, ...]:
-    """``cache[key]``, built with ``build()`` when missing; least recently used entries are dropped past
-    ``_DEVICE_CACHE_MAX``."""
-    hit = cache.pop(key, None)
-    if hit is None:
-        hit = build()
-        while len(cache) >= _DEVICE_CACHE_MAX:
-            cache.pop(next(iter(cache)))
-    cache[key] = hit  # (re)inserted last: the most recently used
-    return hit
-
-
-def _device_heads(heads: tuple[int, ...], group: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
-    """``(query heads, their KV heads, query heads as int32)`` of a selection on ``dev``."""
-
-    def build() -> tuple[torch.Tensor, ...]:
-        q_index = upload(torch.tensor(heads, dtype=torch.long), dev)
-        kv_index = upload(torch.tensor([h // group for h in heads], dtype=torch.long), dev)
-        return q_index, kv_index, q_index.to(torch.int32)
-
-    return _recall(_DEVICE_HEADS, (str(dev), heads, group), build)
-
-
-def _device_layout(items: list[ItemLayout], n_seg: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
-    """``(codes, onehot, lyric_index, n_lyric, codes32, lyric_index32, n_lyric32)`` of a batch's items on ``dev``
-    (``codes``/``lyric_index`` ``[B, S]``, ``onehot`` ``[B, S, n_seg]``, ``n_lyric`` ``[B]``), built on the host and
-    moved without a synchronization (:func:`~attnlens.devices.upload`)."""
-    codes_l = [tuple(it.segment_codes().tolist()) for it in items]
-    lyric_l = [tuple(int(i) for i in it.lyric_positions()) for it in items]
-
-    def build() -> tuple[torch.Tensor, ...]:
-        codes = torch.as_tensor(codes_l, dtype=torch.long)
-        lyr_index = torch.full_like(codes, -1)
-        for b, pos in enumerate(lyric_l):
-            lyr_index[b, list(pos)] = torch.arange(len(pos))
-        n_lyric = (lyr_index >= 0).sum(dim=1)
-        onehot = segment_onehot(codes, n_seg)
-        host = (codes, onehot, lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int())
-        return tuple(upload(x, dev) for x in host)
-
-    return _recall(_DEVICE_LAYOUTS, (str(dev), n_seg, tuple(codes_l), tuple(lyric_l)), build)
-
-
 def _recorded_rows(recorder: Any, batch: int, args: tuple, kwargs: dict) -> tuple[Layout | None, list[str] | None]:
     """What a family's layout recorder saw: ``recorder.rows(batch, args, kwargs)`` (a layout and a label per row)
     when it has that method, else ``recorder.layout`` (labels from the batch size and the family's CFG order)."""
@@ -686,91 +535,6 @@ def _recorded_rows(recorder: Any, batch: int, args: tuple, kwargs: dict) -> tupl
         return recorder.layout, None
     got = rows(batch, args, kwargs)
     return (None, None) if got is None else got
-
-
-def _key_valid(mask: torch.Tensor, B: int, S: int | None, dev: torch.device) -> torch.Tensor:
-    """The call's key mask as booleans ``[B, S]`` on ``dev`` (True: the key is in the softmax).
-
-    A boolean mask is used as it is. A float mask is added to the logits by SDPA: only 0 (keep) and -inf (drop) can be
-    represented by a capture, which checks it once per mask tensor (a read-back from the device)."""
-    if mask.ndim != 2 or mask.shape[0] != B or (S is not None and mask.shape[1] != S):
-        raise CaptureError(f"key mask of shape {tuple(mask.shape)}; expected [batch {B}, keys {S}]")
-    if mask.dtype == torch.bool:
-        return mask.to(dev, non_blocking=True)
-    if mask.is_floating_point():
-        ok = bool(((mask == 0) | (mask == float("-inf"))).all())
-        if not ok:
-            raise CaptureError(
-                "the call's float attention mask holds values other than 0 and -inf (an additive bias): attnlens "
-                "captures masks that keep or drop keys; pass a boolean mask (True: attend)"
-            )
-        return (mask == 0).to(dev, non_blocking=True)
-    raise CaptureError(f"key mask of dtype {mask.dtype}; expected torch.bool (True: attend) or a 0/-inf float mask")
-
-
-def _masked_layout(tensors: tuple[torch.Tensor, ...], valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The device layout with masked keys: segment code ``MASKED_CODE`` (no segment, probability 0), out of ``L``
-    (lyric index -1; ``n_lyric`` counts the keys of ``L`` left). Device operations only (no synchronization)."""
-    codes, onehot, lyr_index, _n, _c32, _l32, _n32 = tensors
-    codes = torch.where(valid, codes, MASKED_CODE)
-    onehot = onehot * valid.unsqueeze(-1)
-    lyr_index = torch.where(valid, lyr_index, -1)
-    n_lyric = (lyr_index >= 0).sum(dim=1)
-    return codes, onehot, lyr_index, n_lyric, codes.int(), lyr_index.int(), n_lyric.int()
-
-
-class _HostBlock:
-    """One CPU tensor (pinned when the source is on CUDA) with a slot for every expected step: :meth:`put` copies
-    into slots without waiting, so nothing is allocated per step and nothing is stacked at the end. A slot past
-    the expected steps (an extra transformer call) gets its own copy instead."""
-
-    def __init__(self, n_steps: int | None, inner: tuple[int, ...] = ()):
-        self.n_steps = n_steps
-        self.inner = inner  # dims between the step and the tensor's own, e.g. (n_layers,)
-        self.block: torch.Tensor | None = None
-        self.written: set[tuple[int, ...]] = set()
-
-    def put(self, index: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
-        """Copy ``x`` into slot ``index`` (``(step, *inner)``); returns the CPU tensor that holds it."""
-        return self.put_run(index, x.unsqueeze(0))[0]
-
-    def put_run(self, index: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
-        """Copy ``x`` ``[L, ...]`` into the ``L`` slots that start at ``index`` (``(step, *inner)``) and run along its
-        last position, in one copy; returns the CPU tensor ``[L, ...]`` that holds it."""
-        if self.block is None and self.n_steps:
-            shape = (self.n_steps, *self.inner, *x.shape[1:])
-            self.block = torch.empty(shape, dtype=x.dtype, pin_memory=x.device.type == "cuda")
-        *head, first = index
-        steps_end = first + x.shape[0] if not head else index[0] + 1
-        if self.block is None or steps_end > self.n_steps:
-            return _to_cpu(x)
-        slot = self.block[(*head, slice(first, first + x.shape[0]))]
-        slot.copy_(x, non_blocking=True)
-        self.written.update((*head, first + i) for i in range(x.shape[0]))
-        return slot
-
-    def complete(self, n_steps: int) -> torch.Tensor | None:
-        """The whole block when exactly ``n_steps`` steps ran and every slot was written, else ``None``."""
-        n_slots = n_steps * math.prod(self.inner)
-        if self.block is None or self.block.shape[0] != n_steps or len(self.written) != n_slots:
-            return None
-        return self.block
-
-
-def _check_generation(previous: float | None, t: float) -> None:
-    if previous is not None and t > previous + 1e-9:
-        raise CaptureError(
-            f"a new generation started inside one capture (t went from {previous:.4g} up to {t:.4g}); "
-            "a capture holds one generation: open a new al.capture(...) for each pipeline call"
-        )
-
-
-def _to_cpu(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cuda":
-        out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-        out.copy_(x, non_blocking=True)
-        return out
-    return x
 
 
 def capture(

@@ -1,7 +1,7 @@
 """The documentation builds and its code runs.
 
 - ``mkdocs build --strict`` (API reference from the docstrings included) builds without a warning;
-- every ```` ```python ```` block of README.md and docs/guide.md runs, in order, one namespace per file, in a
+- every ```` ```python ```` block of README.md, docs/guide.md and docs/families.md runs, in order, one namespace per file, in a
   temporary working directory; a block whose first line is ``# not run: <reason>`` is skipped (and must give a
   reason);
 - README's relative links point at files that exist.
@@ -102,6 +102,10 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
     assert (tmp_path / "run.attn").is_file()  # the README example saved its capture where we ran it
 
 
+def test_families_blocks_run(tmp_path, monkeypatch):
+    assert run_blocks(ROOT / "docs" / "families.md", tmp_path, monkeypatch) == []
+
+
 def test_guide_blocks_run(tmp_path, monkeypatch):
     skipped = run_blocks(ROOT / "docs" / "guide.md", tmp_path, monkeypatch)
     assert skipped == ["needs real weights"], skipped
@@ -166,7 +170,7 @@ def test_mkdocs_build_strict(tmp_path):
     assert "WARNING" not in log, log[-4000:]
     # the API reference was generated from the docstrings, not left empty
     api = (site / "api" / "capture" / "index.html").read_text(encoding="utf-8")
-    assert "Capture cross-attention from an" in api  # first line of attnlens.capture's docstring
+    assert "Capture cross-attention from a pipeline" in api  # first line of attnlens.capture's docstring
     metrics = (site / "api" / "metrics" / "index.html").read_text(encoding="utf-8")
     assert "switch_rate" in metrics and "monotonic_alignment" in metrics
     for page in ("guide", "performance", "install", "metrics/entropy", "plotting", "evaluation", "training"):

@@ -111,8 +111,8 @@ class FamilyBase:
     """Defaults for a family: identity query/key (``query_key_modules`` emit ``[B, T, H, D]`` / ``[B, S, KVH, D]``),
     no key mask, the ``timestep`` argument (keyword or second positional) as the step, the first positional
     argument's batch, ``encoder_hidden_states`` for the key count, conditional half first under CFG, no layout
-    recorder. A family sets ``name``, ``segments``, ``transformer``, ``pipeline``, ``facts``, ``frame_rate`` and
-    implements ``accepts``, ``cross_attention``, ``query_key_modules`` and ``value_module``."""
+    recorder, ``to_v`` as the value projection. A family sets ``name``, ``segments``, ``transformer``, ``pipeline``,
+    ``facts``, ``frame_rate`` and implements ``accepts``, ``cross_attention`` and ``query_key_modules``."""
 
     name = "family"
     describes = "a model of this family"
@@ -122,6 +122,10 @@ class FamilyBase:
     encoder_arg: tuple[str, int] = ("encoder_hidden_states", 2)
 
     pipeline: Any | None = None
+
+    def value_module(self, layer: int) -> nn.Module:
+        """The cross-attention module's ``to_v`` (diffusers' name for the value projection)."""
+        return self.cross_attention(layer).to_v
 
     def query_of(self, output: torch.Tensor) -> torch.Tensor:
         return output

@@ -30,7 +30,7 @@ from ..families import resolve
 from ..reducers.fused import StatsLauncher, fused_available, new_outputs
 from ..reducers.stats import layer_probabilities, reduce_reference
 from ..segments import MASKED_CODE
-from ..taps.hooks import HookSet
+from ..taps.hooks import HookScope, HookSet
 from ..taps.query_key import tap_query_key
 from .batch import BatchLayoutError, batch_layout
 from .device_tables import DEVICE_HEADS as _DEVICE_HEADS  # noqa: F401 (cleared by tests)
@@ -46,10 +46,10 @@ _HostBlock = HostBlock  # the name tests and benchmarks use
 
 MapsMode = bool | Literal["mean"]
 
-_ACTIVE_ATTR = "_attnlens_capture_active"
+_ACTIVE_ATTR = "_attnlens_capture_active"  # set on the transformer while a capture is active
 
 
-class CaptureSession:
+class CaptureSession(HookScope):
     """State of one capture. Use :func:`capture`.
 
     ``stash_budget_bytes`` (default 128 MiB): on the fused path, layers' queries and keys wait in a stash and go to
@@ -63,6 +63,8 @@ class CaptureSession:
     whose copies are still running are held to twice the budget: past that, the host waits for the oldest copies
     (only a selection whose maps outgrow the copy engine's pace, e.g. every head at long audio, ever waits).
     """
+
+    exclusive_mark = _ACTIVE_ATTR
 
     def __init__(
         self,
@@ -101,7 +103,7 @@ class CaptureSession:
                 f"steps={self.steps_req} counts from the end, but a bare transformer does not say how many steps "
                 "will run: pass num_steps=... (or capture the pipeline)"
             )
-        self.hooks = HookSet()
+        super().__init__()
         self.recorder = self.adapter.layout_recorder()
         self.vocabulary = self.adapter.segments
         self.capture = Capture(
@@ -142,41 +144,34 @@ class CaptureSession:
         dev = next(self.adapter.transformer.parameters()).device
         self._q_index, self._kv_index, self._heads_i32 = device_heads(tuple(self.heads), f.group, dev)
 
-    # ----------------------------------------------------------- lifecycle
-    def __enter__(self) -> Capture:
+    # ----------------------------------------------------------- lifecycle (taps.hooks.HookScope)
+    def _scope_target(self) -> Any:
+        return self.adapter.transformer
+
+    def _busy(self, target: Any) -> Exception:
+        return CaptureError(
+            f"a capture is already active on this {type(target).__name__}: nested captures on one model are not "
+            "supported; capture everything you need in one al.capture(...) call"
+        )
+
+    def _register(self, hooks: HookSet) -> None:
         tr = self.adapter.transformer
-        if getattr(tr, _ACTIVE_ATTR, False):
-            raise CaptureError(
-                f"a capture is already active on this {type(tr).__name__}: nested captures on one model are not "
-                "supported; capture everything you need in one al.capture(...) call"
-            )
-        try:
-            setattr(tr, _ACTIVE_ATTR, True)
-            self.hooks.forward_pre(tr, self._on_step_begin, with_kwargs=True)
-            self.hooks.forward(tr, self._on_step_end, always_call=True)
-            for layer in self.layers:
-                tap_query_key(self.hooks, self.adapter, layer, self._reduce, self._is_active, self._pending_q)
-            if self.recorder is not None:
-                self.recorder.attach(self.hooks)
-        except BaseException:
-            self._detach()
-            raise
+        hooks.forward_pre(tr, self._on_step_begin, with_kwargs=True)
+        hooks.forward(tr, self._on_step_end, always_call=True)
+        for layer in self.layers:
+            tap_query_key(hooks, self.adapter, layer, self._reduce, self._is_active, self._pending_q)
+        if self.recorder is not None:
+            self.recorder.attach(hooks)
+
+    def _entered(self) -> Capture:
         return self.capture
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _exited(self, exc_type: Any) -> None:
         try:
-            self._detach()
-        finally:
             if exc_type is None:
                 self._finalize()
-            self._release()
-
-    def _detach(self) -> None:
-        try:
-            self.hooks.remove()
         finally:
-            if hasattr(self.adapter.transformer, _ACTIVE_ATTR):
-                delattr(self.adapter.transformer, _ACTIVE_ATTR)
+            self._release()
 
     def _release(self) -> None:
         self._parts.clear()

@@ -26,6 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..families import resolve
+from ..taps.hooks import HookScope, HookSet
+from ..taps.query_key import tap_query_key
+
 DURATION_S = 4.0
 
 
@@ -166,7 +170,7 @@ def frame_words(ex: dict[str, Any], patch: int = 2) -> np.ndarray:
     return out
 
 
-class HeadGuide:
+class HeadGuide(HookScope):
     """Guided-attention loss on one cross-attention head (the demo model's known alignment head).
 
     For layer ``layer``, query head ``head`` and the sung lyric keys ``L`` of the batch (same positions for every
@@ -179,36 +183,21 @@ class HeadGuide:
     """
 
     def __init__(self, transformer: Any, layer: int, head: int, lyric_pos: list[int], targets: torch.Tensor):
-        from attnlens.families import resolve as adapter_for
-        from attnlens.taps.hooks import HookSet
-
-        self.adapter = adapter_for(transformer)
+        super().__init__()
+        self.adapter = resolve(transformer)
         f = self.adapter.facts
         self.layer, self.head, self.kvh = layer, head, head // f.group
         self.scale = f.scale
         self.pos = torch.as_tensor(lyric_pos, dtype=torch.long)
         self.targets = targets  # [B, T_dit]
-        self.hooks = HookSet()
         self._pending_q: dict[int, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
 
-    def __enter__(self) -> HeadGuide:
-        from attnlens.taps.query_key import tap_query_key
+    def _register(self, hooks: HookSet) -> None:
+        tap_query_key(hooks, self.adapter, self.layer, self._on_pair, lambda: self.loss is None, self._pending_q)
 
-        try:
-            tap_query_key(
-                self.hooks, self.adapter, self.layer, self._on_pair, lambda: self.loss is None, self._pending_q
-            )
-        except BaseException:
-            self.hooks.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.hooks.remove()
-        finally:
-            self._pending_q.clear()
+    def _exited(self, exc_type) -> None:
+        self._pending_q.clear()
 
     def _on_pair(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:  # q [B, T, H, D], k [B, S, KVH, D]
         q = q[:, :, self.head].float()  # [B, T, D]

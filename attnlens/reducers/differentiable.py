@@ -41,7 +41,7 @@ import torch
 
 from ..devices import upload
 from ..families import resolve as adapter_for
-from ..taps.hooks import HookSet
+from ..taps.hooks import HookScope, HookSet
 from ..taps.query_key import tap_query_key
 from .fused_entropy import fused_attention_entropy, fused_attention_entropy_layers, fused_entropy_supported
 
@@ -294,7 +294,7 @@ def lyric_key_mask(lyric_positions: Sequence[Sequence[int]], n_keys: int, device
     return mask
 
 
-class EntropyTap:
+class EntropyTap(HookScope):
     """Collect per-layer mean normalized cross-attention entropy, with gradient, during a transformer forward.
 
     ::
@@ -345,7 +345,7 @@ class EntropyTap:
         self.keys = keys
         self.lyric_positions = lyric_positions
         self.chunk_bytes = chunk_bytes
-        self.hooks = HookSet()
+        super().__init__()
         self._qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (q, k) of this forward call
         self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
         self._impl: dict[int, str] = {}  # layer -> implementation resolved for it
@@ -354,22 +354,14 @@ class EntropyTap:
         self._plan: KeyPlan | None = None  # otherwise: gather order, mask and key counts (see _key_plan)
         self._plan_for: tuple | None = None  # (B, S, device) the mask / plan were built for
 
-    def __enter__(self) -> EntropyTap:
-        try:
-            self.hooks.forward_pre(self.adapter.transformer, self._on_call)
-            for layer in self.layers:  # only the first evaluation of a layer in a forward call is kept
-                wants = lambda layer=layer: layer not in self._qk  # noqa: E731
-                tap_query_key(self.hooks, self.adapter, layer, self._on_pair, wants, self._pending_q)
-        except BaseException:
-            self.hooks.remove()
-            raise
-        return self
+    def _register(self, hooks: HookSet) -> None:
+        hooks.forward_pre(self.adapter.transformer, self._on_call)
+        for layer in self.layers:  # only the first evaluation of a layer in a forward call is kept
+            wants = lambda layer=layer: layer not in self._qk  # noqa: E731
+            tap_query_key(hooks, self.adapter, layer, self._on_pair, wants, self._pending_q)
 
-    def __exit__(self, *exc) -> None:
-        try:
-            self.hooks.remove()
-        finally:
-            self._pending_q.clear()
+    def _exited(self, exc_type) -> None:
+        self._pending_q.clear()
 
     def _on_call(self, module, args):
         self._qk, self._impl, self._result = {}, {}, None

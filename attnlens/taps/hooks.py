@@ -1,4 +1,10 @@
-"""Hook bookkeeping: every handle kept, all removed together (reverse order) in ``finally``."""
+"""Hook bookkeeping: every handle kept, all removed together (reverse order) in ``finally``.
+
+:class:`HookSet` holds the handles; :class:`HookScope` is the one context manager every consumer of hooks builds on
+(the capture, the training entropy penalty, the demo's head guide): it registers on entry, guards against a second
+scope of the same kind on one model, and removes everything on exit, also when registering or the block raised.
+attnlens' hooks carry a mark attribute, by which :func:`attnlens_hooks` finds any left behind.
+"""
 
 from __future__ import annotations
 
@@ -60,12 +66,71 @@ class HookSet:
         return len(self.handles)
 
 
+class HookScope:
+    """Base of a context manager that hooks a model for the duration of a ``with`` block.
+
+    A subclass implements :meth:`_register` (add its hooks to ``hooks``), may name :attr:`exclusive_mark` (an
+    attribute set on :meth:`_scope_target` while the scope is active: a second scope with the same mark on the
+    same module is refused with :meth:`_busy`), and may override :meth:`_entered` (the value of ``with ... as``)
+    and :meth:`_exited` (runs after every hook is removed, with the block's exception type or ``None``).
+    """
+
+    exclusive_mark: str | None = None
+
+    def __init__(self) -> None:
+        self.hooks = HookSet()
+
+    # -- to implement
+    def _register(self, hooks: HookSet) -> None:
+        raise NotImplementedError
+
+    def _scope_target(self) -> nn.Module | None:
+        return None
+
+    def _busy(self, target: nn.Module) -> Exception:
+        return RuntimeError(f"attnlens hooks of this kind are already active on this {type(target).__name__}")
+
+    def _entered(self) -> Any:
+        return self
+
+    def _exited(self, exc_type: type[BaseException] | None) -> None:
+        pass
+
+    # -- the lifecycle
+    def __enter__(self) -> Any:
+        target, mark = self._scope_target(), self.exclusive_mark
+        if mark is not None and target is not None and getattr(target, mark, False):
+            raise self._busy(target)
+        try:
+            if mark is not None and target is not None:
+                setattr(target, mark, True)
+            self._register(self.hooks)
+        except BaseException:
+            self._detach()
+            raise
+        return self._entered()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._detach()
+        finally:
+            self._exited(exc_type)
+
+    def _detach(self) -> None:
+        try:
+            self.hooks.remove()
+        finally:
+            target, mark = self._scope_target(), self.exclusive_mark
+            if mark is not None and target is not None and mark in vars(target):
+                delattr(target, mark)
+
+
 def attnlens_hooks(model: nn.Module) -> list[tuple[str, str]]:
-    """``(module name, hook kind)`` of every attnlens hook still registered anywhere in ``model``."""
+    """``(module name, hook kind)`` of every attnlens hook (by its mark) still registered anywhere in ``model``."""
     found = []
     for name, m in model.named_modules():
         for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
             for fn in getattr(m, kind, {}).values():
-                if getattr(fn, ATTNLENS_MARK, False) or "attnlens" in getattr(fn, "__qualname__", ""):
+                if getattr(fn, ATTNLENS_MARK, False):
                     found.append((name, kind))
     return found

@@ -96,9 +96,6 @@ class AceStepAdapter(FamilyBase):
         ca = self.cross_attention(layer)
         return ca.norm_q, ca.norm_k
 
-    def value_module(self, layer: int) -> nn.Module:
-        return self.cross_attention(layer).to_v
-
     def layout_recorder(self) -> LayoutRecorder | None:
         return LayoutRecorder(self.pipeline) if self.pipeline is not None else None
 

@@ -105,9 +105,6 @@ class StableAudioAdapter(FamilyBase):
         attn = self.cross_attention(layer)
         return attn.to_q, attn.to_k
 
-    def value_module(self, layer: int) -> nn.Module:
-        return self.cross_attention(layer).to_v
-
     def query_of(self, output: torch.Tensor) -> torch.Tensor:
         """``to_q``'s output ``[B, 1 + T, H · D]`` -> the latent frames' queries ``[B, T, H, D]`` (a view: the
         prepended global token, position 0, is left out)."""

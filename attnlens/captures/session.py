@@ -119,6 +119,8 @@ class CaptureSession(HookScope):
         # per-step state
         self.clock = StepClock(self.steps_req, self._total_steps, self.capture.timesteps, self.capture.steps)
         self._active = False
+        self._in_call = False  # inside a transformer call (between its pre-hook and its end)
+        self._unfinished: list[int] = []  # generation steps whose call raised or was interrupted
         self._step_pos = -1
         self._parts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._maps: dict[tuple[int, int], torch.Tensor] = {}
@@ -200,6 +202,9 @@ class CaptureSession(HookScope):
         return None
 
     def _on_step_begin(self, module, args, kwargs):
+        if self._in_call:  # the call before never reached its end (an interrupt caught inside the block)
+            self._abandon_call()
+        self._in_call = True
         pos = self.clock.begin(self.adapter.timestep_of_call(args, kwargs))
         self._active = pos is not None
         if pos is None:
@@ -207,7 +212,20 @@ class CaptureSession(HookScope):
         self._step_pos = pos
         self._prepare_layout(args, kwargs)
 
+    def _abandon_call(self) -> None:
+        """The current transformer call did not finish: what it stashed is dropped, and the step is named if the
+        capture ends incomplete."""
+        self._unfinished.append(self.clock.step)
+        self._stash.clear()
+        self._stash_bytes = 0
+        self._pending_q.clear()
+        self._active = self._in_call = False
+
     def _on_step_end(self, module, args, output):
+        if output is None:  # the call raised (an always-called hook sees no output)
+            self._abandon_call()
+            return
+        self._in_call = False
         if self._active and self._stash:  # layers the step skipped leave a partial stash: reduce what was seen
             self._flush_stash()
         self._stash.clear()
@@ -446,6 +464,8 @@ class CaptureSession(HookScope):
                 torch.cuda.synchronize(dev)  # the model's device (also the side stream's)
         self.clock.resolve_timesteps()
         ns = len(cap.steps)
+        if self.clock.step >= 0:  # calls ran: requested steps that did not are an error, not an empty capture
+            self._check_requested_steps()
         if ns == 0:
             warnings.warn(
                 "the capture saw no kept transformer step (was the model called inside the `with` block?)",
@@ -465,17 +485,49 @@ class CaptureSession(HookScope):
         cap.meta["dtype"] = dtype
 
     def _check_complete(self) -> None:
-        ns, nl = len(self.capture.steps), len(self.layers)
+        """Every kept step has every selected layer, and every requested step ran; else a :class:`CaptureError`
+        that says why (an unfinished call, a compiled transformer, a step that never ran)."""
+        if self._in_call:
+            self._abandon_call()
+        cap = self.capture
+        ns, nl = len(cap.steps), len(self.layers)
         missing = [
-            (s, li)
+            (cap.steps[s], self.layers[li])
             for s in range(ns)
             for li in range(nl)
             if (s, li) not in self._parts and li not in self._done.get(s, ())
         ]
         if missing:
+            where = f"(step, layer) {missing[:4]}{' ...' if len(missing) > 4 else ''}"
+            steps = sorted({s for s, _ in missing})
+            if set(steps) <= set(self._unfinished):
+                raise CaptureError(
+                    f"incomplete capture: the transformer call of step(s) {steps} did not finish (it raised or was "
+                    f"interrupted inside the block), so no cross-attention was seen for {where}; run the generation "
+                    "again in a new al.capture(...)"
+                )
+            if _is_compiled(self.adapter.transformer):
+                raise CaptureError(
+                    f"incomplete capture: no cross-attention seen for {where}: the transformer is compiled "
+                    "(torch.compile), and compiled code does not call hooks registered after it was compiled; "
+                    "capture the model before compiling it (or call torch._dynamo.reset() before the capture)"
+                )
             raise CaptureError(
-                f"incomplete capture: no cross-attention seen for (step, layer) {missing[:4]}"
-                f"{' ...' if len(missing) > 4 else ''} (did the transformer skip cross-attention?)"
+                f"incomplete capture: no cross-attention seen for {where} (did the transformer skip cross-attention?)"
+            )
+        self._check_requested_steps()
+
+    def _check_requested_steps(self) -> None:
+        """Requested steps that never ran are an error naming the steps that did."""
+        kept = self.clock.kept
+        if self.steps_req is None or kept is None:
+            return
+        ran = self.clock.step + 1
+        never = sorted(s for s, r in zip(self.steps_req, self.clock.resolved_requests()) if not 0 <= r < ran)
+        if never:
+            raise CaptureError(
+                f"steps {never} did not run: the generation ran {ran} step(s) (0..{ran - 1}, or -{ran}..-1 from the "
+                "end)"
             )
 
     def _assemble_stats(self) -> dict[str, torch.Tensor]:
@@ -520,6 +572,11 @@ class CaptureSession(HookScope):
                 cap.maps = torch.stack([torch.stack([self._maps[(s, li)] for li in range(nl)]) for s in range(ns)])
         if self._map_sum:
             cap.maps_mean = torch.stack([(self._map_sum[li] / self._map_count).cpu() for li in range(nl)])
+
+
+def _is_compiled(model: Any) -> bool:
+    """True for a module compiled in place (``model.compile()``) or wrapped by ``torch.compile``."""
+    return getattr(model, "_compiled_call_impl", None) is not None or type(model).__name__ == "OptimizedModule"
 
 
 def _recorded_rows(recorder: Any, batch: int, args: tuple, kwargs: dict) -> tuple[Layout | None, list[str] | None]:

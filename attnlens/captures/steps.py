@@ -70,11 +70,14 @@ class StepClock:
         total = self.total_steps()
         if any(s < 0 for s in self.requested) and total is None:
             raise CaptureError("cannot resolve negative steps: the number of steps is unknown (pass num_steps=)")
-        resolved = {s + total if s < 0 else s for s in self.requested}
-        bad = [s for s in self.requested if (s + total if s < 0 else s) < 0] if total else []
-        if bad:
-            raise CaptureError(f"steps {bad} out of range for {total} steps")
-        return resolved
+        self._total = total
+        return set(self.resolved_requests())
+
+    def resolved_requests(self) -> list[int]:
+        """The requested steps with negative ones counted from the end (as resolved at the first call; steps out of
+        range are reported when the capture ends, naming the steps that ran)."""
+        total = getattr(self, "_total", None)
+        return [s + total if s < 0 and total is not None else s for s in self.requested or []]
 
     def expected(self) -> int | None:
         """How many steps will be kept, when that is known."""

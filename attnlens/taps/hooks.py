@@ -15,13 +15,57 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 ATTNLENS_MARK = "__attnlens_hook__"
+HOOKED_ATTR = "_attnlens_hooked"  # on every module that holds attnlens hooks, while it does
+
+
+class HookedModuleCopyError(RuntimeError):
+    """A module was copied while attnlens hooks are registered on it."""
+
+
+class _HookedMark:
+    """Set on a hooked module while its hooks live: counts the hook sets on it, and refuses to be copied (a copy
+    would carry the hooks, which call back into the original's capture, and the capture's "active" flag)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise HookedModuleCopyError(
+            f"this module is being copied while attnlens hooks are on it ({self.what}): the copy would carry them. "
+            "Copy the model before or after the `with al.capture(...)` block (the capture goes on unchanged)"
+        )
+
+    def __reduce__(self) -> Any:
+        raise HookedModuleCopyError(f"a module with attnlens hooks on it ({self.what}) cannot be pickled or copied")
+
+
+def _hold(module: nn.Module, what: str) -> None:
+    mark = module.__dict__.get(HOOKED_ATTR)
+    if mark is None:
+        mark = _HookedMark(what)
+        module.__dict__[HOOKED_ATTR] = mark
+    mark.count += 1
+
+
+def _release(module: nn.Module) -> None:
+    mark = module.__dict__.get(HOOKED_ATTR)
+    if mark is not None:
+        mark.count -= 1
+        if mark.count <= 0:
+            del module.__dict__[HOOKED_ATTR]
 
 
 class HookSet:
     """A set of PyTorch hooks registered by attnlens on one model; ``remove()`` undoes all of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "attnlens hooks") -> None:
         self.handles: list[RemovableHandle] = []
+        self.modules: list[nn.Module] = []  # modules marked as hooked (one entry per registration)
+        self.what = what
 
     def _mark(self, fn: Callable) -> Callable:
         try:  # plain functions carry the mark themselves (no extra call layer on the hot path)
@@ -43,15 +87,19 @@ class HookSet:
         self.handles.append(
             module.register_forward_hook(self._mark(fn), with_kwargs=with_kwargs, always_call=always_call)
         )
+        self._held(module)
 
     def forward_pre(self, module: nn.Module, fn: Callable, *, with_kwargs: bool = False) -> None:
         self.handles.append(module.register_forward_pre_hook(self._mark(fn), with_kwargs=with_kwargs))
+        self._held(module)
 
-    def adopt(self, handles: list[RemovableHandle]) -> None:
-        """Take over handles registered elsewhere (they are removed with the rest)."""
-        self.handles.extend(handles)
+    def _held(self, module: nn.Module) -> None:
+        _hold(module, self.what)
+        self.modules.append(module)
 
     def remove(self) -> None:
+        while self.modules:
+            _release(self.modules.pop())
         errors = []
         while self.handles:
             h = self.handles.pop()
@@ -103,7 +151,7 @@ class HookScope:
             raise self._busy(target)
         try:
             if mark is not None and target is not None:
-                setattr(target, mark, True)
+                target.__dict__[mark] = _HookedMark(f"{type(self).__name__} active")
             self._register(self.hooks)
         except BaseException:
             self._detach()
@@ -121,8 +169,8 @@ class HookScope:
             self.hooks.remove()
         finally:
             target, mark = self._scope_target(), self.exclusive_mark
-            if mark is not None and target is not None and mark in vars(target):
-                delattr(target, mark)
+            if mark is not None and target is not None:
+                target.__dict__.pop(mark, None)
 
 
 def attnlens_hooks(model: nn.Module) -> list[tuple[str, str]]:

@@ -127,12 +127,13 @@ def test_stable_audio_statistics_match_the_maps_and_entropy_counts_unmasked_keys
     inputs = _inputs(seed=3)
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, S_PROMPT : S_PROMPT + S_PAD] = False  # item 1 attends to 8 keys
+    mask[1, 1] = False  # and not to its second prompt token
     inputs["encoder_attention_mask"] = mask
     with al.capture(dit, layout=_layout(), maps=True, reducer="reference") as cap, torch.no_grad():
         dit(**inputs)
     P = cap.maps.double()  # [step, layer, batch, head, frame, key]
     plogp = torch.where(P > 0, P * P.clamp_min(1e-300).log(), torch.zeros_like(P)).sum(-1)
-    n_keys = torch.tensor([12.0, 8.0], dtype=torch.float64)[None, None, :, None, None]
+    n_keys = torch.tensor([12.0, 7.0], dtype=torch.float64)[None, None, :, None, None]
     want = -plogp / n_keys.log()
     assert torch.allclose(cap.stats["entropy"].double(), want, atol=1e-6)
     codes = torch.as_tensor(cap.layout[0].segment_codes())
@@ -142,8 +143,17 @@ def test_stable_audio_statistics_match_the_maps_and_entropy_counts_unmasked_keys
     # the lyric-only statistics run over the prompt tokens (the family's sequence segment)
     L = cap.layout[0].lyric_positions()
     assert L.tolist() == list(range(S_PROMPT - 1))
-    a = P[..., L].argmax(-1)
+    a = P[..., L].argmax(-1)  # a masked key has probability 0 and is never the argmax here
     assert torch.equal(cap.stats["lyric_argmax"].long(), a)
+    # and every statistic agrees with the reference definition on the maps, masked keys included
+    from attnlens.metrics.frame_stats import frame_stats
+
+    for b in range(2):
+        ref = frame_stats(cap.maps[:, :, b], cap.layout[b], key_valid=mask[b])
+        for name in ("entropy", "mass", "entropy_lyric"):
+            assert torch.allclose(cap.stats[name][:, :, b], ref[name], atol=1e-6), name
+        for name in ("argmax", "lyric_argmax"):
+            assert torch.equal(cap.stats[name][:, :, b], ref[name]), name
 
 
 def test_stable_audio_capture_leaves_outputs_bitwise_identical_and_no_hooks(dit):

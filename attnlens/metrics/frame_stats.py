@@ -53,8 +53,14 @@ def check_map(P: torch.Tensor, name: str = "attention map") -> None:
         raise ValueError(f"{name} has an all-zero row at index {idx} (frame axis last but one); rows must sum to 1")
 
 
-def frame_stats(P: Any, layout_item: ItemLayout, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def frame_stats(
+    P: Any, layout_item: ItemLayout, dtype: torch.dtype = torch.float32, key_valid: Any = None
+) -> dict[str, Any]:
     """Per-frame statistics of maps ``P[..., frame, key]`` of one batch item (see the module docstring).
+
+    ``key_valid``: a boolean ``[key]`` mask of the keys the model's softmax spans (False: masked, probability 0
+    there), or ``None`` for all; then ``K`` (entropy's normalizer) counts the valid keys, and masked keys are left out
+    of every segment and of ``L``.
 
     Returns a dict with ``entropy`` ``[..., frame]``, ``mass`` ``[..., frame, segment]`` (the vocabulary's order),
     ``argmax`` ``[..., frame]`` (int32), ``entropy_lyric`` ``[..., frame]``, ``lyric_argmax`` ``[..., frame]``
@@ -71,6 +77,19 @@ def frame_stats(P: Any, layout_item: ItemLayout, dtype: torch.dtype = torch.floa
     check_map(t)
     x = t.to(torch.float64)
     codes = torch.as_tensor(layout_item.segment_codes(), device=x.device)
+    L = torch.as_tensor(layout_item.lyric_positions(), device=x.device)
+    if key_valid is not None:
+        valid = torch.as_tensor(np.asarray(key_valid), dtype=torch.bool, device=x.device)
+        if valid.shape != (K,):
+            raise ValueError(f"key_valid has shape {tuple(valid.shape)}; expected ({K},), one flag per key")
+        if bool((x[..., ~valid] != 0).any()):
+            raise ValueError("maps give probability to keys that key_valid marks as masked")
+        codes = torch.where(valid, codes, -2)
+        index_in_L = torch.arange(L.numel(), device=x.device)[valid[L]]  # masked keys leave gaps in L's indices
+        L = L[valid[L]]
+        K = int(valid.sum())
+    else:
+        index_in_L = None
 
     # [..., frame, segment]
     mass = torch.stack([x[..., codes == g].sum(-1) for g in range(len(layout_item.vocabulary))], dim=-1)
@@ -78,7 +97,6 @@ def frame_stats(P: Any, layout_item: ItemLayout, dtype: torch.dtype = torch.floa
     entropy = -plogp.sum(-1) / math.log(K) if K > 1 else torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
     argmax = x.argmax(-1).to(torch.int32)
 
-    L = torch.as_tensor(layout_item.lyric_positions(), device=x.device)
     n = int(L.numel())
     if n == 0:
         ent_l = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
@@ -89,7 +107,8 @@ def frame_stats(P: Any, layout_item: ItemLayout, dtype: torch.dtype = torch.floa
         A = torch.where(s > 0, X / torch.where(s > 0, s, 1.0), 1.0 / n)
         alogA = torch.where(A > 0, A * torch.log(torch.where(A > 0, A, 1.0)), 0.0)
         ent_l = -alogA.sum(-1) / math.log(n) if n > 1 else torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
-        l_arg = X.argmax(-1).to(torch.int32)
+        l_arg = X.argmax(-1)
+        l_arg = (l_arg if index_in_L is None else index_in_L[l_arg]).to(torch.int32)
     out = {
         "entropy": entropy.to(dtype),
         "mass": mass.to(dtype),

@@ -10,9 +10,7 @@ Per head (lyric argmax ``a[..., frame]``): :func:`switch_rate`, :func:`token_spa
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..lazy import lazy_attributes
 from .frame_stats import check_map, frame_stats  # eager: the name is also the submodule's
 
 _LAZY: dict[str, str] = {
@@ -47,15 +45,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY) + ["check_map", "frame_stats"]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        mod = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'attnlens.metrics' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, {name: (f".{mod}", name) for name, mod in _LAZY.items()}, globals())

@@ -13,8 +13,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_attributes
 
 _NAMES: dict[str, str] = {
     "LoraConfig": "lora",
@@ -49,15 +48,4 @@ _NAMES: dict[str, str] = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        mod = _NAMES[name]
-    except KeyError:
-        raise AttributeError(f"module 'attnlens.train' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, {name: (f".{mod}", name) for name, mod in _NAMES.items()}, globals())

@@ -34,9 +34,7 @@ def mass_columns(layout: Layout) -> list[str]:
     return [f"{s}_mass" for s in layout.vocabulary.names]
 
 
-SCORE_COLUMNS = [
-    "entropy",
-    "entropy_lyric",
+HEAD_METRICS = (
     "dominant_fraction",
     "switch_rate",
     "token_span",
@@ -45,7 +43,11 @@ SCORE_COLUMNS = [
     "monotonic_alignment",
     "monotonic_alignment_sung",
     "sung_fraction",
-]
+)
+"""Per-head metrics of the lyric argmax sequence (:func:`head_metrics`), one column each."""
+
+SCORE_COLUMNS = ["entropy", "entropy_lyric", *HEAD_METRICS]
+"""The columns :func:`summarize_heads` averages (with every ``*_mass`` column of the table)."""
 
 
 def head_metrics(
@@ -68,7 +70,7 @@ def head_metrics(
         "switch_rate": sw,
         "token_span": span,
         "diag_corr": corr,
-        "diagonal_score": seq._diag_score(corr, span, sw),
+        "diagonal_score": np.asarray(seq.diagonal_score(diag_corr=corr, token_span=span, switch_rate=sw)),
         "monotonic_alignment": np.asarray(seq.monotonic_alignment(a, n), dtype=np.float64),
         "monotonic_alignment_sung": np.asarray(seq.monotonic_alignment(a, n, sung), dtype=np.float64),
         "sung_fraction": sung.sum(-1) / F if F else np.zeros(a.shape[:-1]),
@@ -114,16 +116,7 @@ def analyze(cap: Capture, sung_threshold: float = 0.5, sung_relative: bool = Tru
         idx = m["dominant_token_idx"].ravel()
         cols["dominant_token_idx"] = idx
         cols["dominant_token_label"] = [labels[i] if i >= 0 else "" for i in idx]
-        for k in (
-            "dominant_fraction",
-            "switch_rate",
-            "token_span",
-            "diag_corr",
-            "diagonal_score",
-            "monotonic_alignment",
-            "monotonic_alignment_sung",
-            "sung_fraction",
-        ):
+        for k in HEAD_METRICS:
             cols[k] = m[k].ravel()
         frames.append(pd.DataFrame(cols))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

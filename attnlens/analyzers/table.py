@@ -1,6 +1,6 @@
 """``al.analyze(cap)``: one row per (step, layer, batch, head), from the per-frame statistics alone.
 
-Columns (per-frame quantities are means over frames; definitions in attnlens.metrics and DESIGN §4):
+Columns (per-frame quantities are means over frames; definitions in attnlens.metrics and docs/metrics/):
 
     step, timestep, layer, head, batch, batch_label, n_frames, n_lyric_tokens,
     lyric_mass, lyric_meta_mass, timbre_mass, caption_mass, padding_mass      (they add to 1)

@@ -1,6 +1,6 @@
 """Per-head metrics of the lyric argmax sequence ``a_f = argmax_i A[f, i]`` (``a [..., frame]``, ints in [0, n)).
 
-With ``F`` frames and ``n`` sung lyric tokens (definitions of DESIGN §4):
+With ``F`` frames and ``n`` sung lyric tokens (definitions in docs/metrics/):
 
     dominant token       = most frequent a_f (smallest index on ties); dominant_fraction = its count / F
     switch_rate          = #{f >= 1 : a_f != a_{f-1}} / (F - 1)

@@ -12,7 +12,7 @@ Rows (the y axis of every map) come from the batch item's :class:`~attnlens.capt
 - ``keys="all"``: every packed key: lyric side as above, then timbre, caption (pieces merged at whitespace when
   ``merge=True``) and padding (one summed row ``padding ×n`` when ``merge=True``).
 
-``normalize="lyric"`` renormalizes every frame over the keys of the view (DESIGN §4:
+``normalize="lyric"`` renormalizes every frame over the keys of the view (docs/metrics/entropy.md:
 ``A[f, i] = P[f, L_i] / Σ_i P[f, L_i]``; over ``L`` for ``"words"``, over ``L`` plus header/tag keys for
 ``"lyrics"``), then sums pieces per row.
 """

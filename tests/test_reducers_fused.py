@@ -533,16 +533,20 @@ def test_maps_in_flight_are_held_to_twice_the_stash_budget():
         def synchronize(self):
             self.waited = self.done = True
 
+    from attnlens.captures.host import HostCopies
+
     pipe_model = _tiny_transformer(1)[0]
     ses = CaptureSession(pipe_model, maps=True)
     ses.stash_budget_bytes = 100
+    assert ses._maps.limit_bytes() == 200  # the capture's maps in flight: twice its stash budget
+    copies = HostCopies()
     finished, a, b, c = Copy(True), Copy(False), Copy(False), Copy(False)
-    ses._bound_maps_in_flight(finished, 150)
-    assert not ses._maps_in_flight  # done: dropped, nothing waited for
-    ses._bound_maps_in_flight(a, 150)
-    ses._bound_maps_in_flight(b, 40)
-    assert [x for x, _ in ses._maps_in_flight] == [a, b] and not a.waited  # 190 <= 200
-    ses._bound_maps_in_flight(c, 60)  # 250 > 200: wait for the oldest only
+    copies.bound(finished, 150, 200)
+    assert not copies.in_flight  # done: dropped, nothing waited for
+    copies.bound(a, 150, 200)
+    copies.bound(b, 40, 200)
+    assert [x for x, _ in copies.in_flight] == [a, b] and not a.waited  # 190 <= 200
+    copies.bound(c, 60, 200)  # 250 > 200: wait for the oldest only
     assert a.waited and not b.waited and not c.waited
-    assert [x for x, _ in ses._maps_in_flight] == [b, c]
+    assert [x for x, _ in copies.in_flight] == [b, c]
     assert not finished.waited

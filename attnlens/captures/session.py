@@ -15,6 +15,12 @@ Hooks (all removed in ``finally``, also when the pipeline raises):
 
 Nothing here knows a model: the family (:mod:`attnlens.families`) is found by the registry or passed as
 ``adapter=``.
+
+The session is the conductor of the capture's parts — hook lifecycle (:class:`~attnlens.taps.hooks.HookScope`),
+steps (:mod:`.steps`), batch rows (:mod:`.batch`), device tables and key masks (:mod:`.device_tables`), host
+blocks and copies (:mod:`.host`), maps (:mod:`.maps`) — and keeps the per-layer path (stash, flush, kernel launch)
+in one class on purpose: it runs once per layer and step in a loop bound by the host, where each indirection
+costs time the benchmarks see. That keeps this module above 400 lines.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from .device_tables import DEVICE_LAYOUTS as _DEVICE_LAYOUTS  # noqa: F401
 from .device_tables import device_heads, device_layout, key_valid, masked_layout
 from .host import HostBlock, HostCopies
 from .layout import Layout
+from .maps import MapsKeeper, layers_per_group
 from .result import STAT_NAMES, Capture
 from .selection import CaptureError, as_layout, normalize_selection
 from .steps import StepClock
@@ -123,9 +130,6 @@ class CaptureSession(HookScope):
         self._unfinished: list[int] = []  # generation steps whose call raised or was interrupted
         self._step_pos = -1
         self._parts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-        self._maps: dict[tuple[int, int], torch.Tensor] = {}
-        self._map_sum: dict[int, torch.Tensor] = {}
-        self._map_count = 0
         self._layout_cache: tuple[Any, ...] | None = None
         self._layer_pos = {layer: i for i, layer in enumerate(self.layers)}
         self._step_bufs: list[dict[str, torch.Tensor]] = []
@@ -136,8 +140,10 @@ class CaptureSession(HookScope):
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._stash_bytes = self._step_flushed = 0
         self._pending_q: dict[int, torch.Tensor] = {}  # queries waiting for their keys (taps.query_key)
-        self._maps_host: _HostBlock | None = None
         self._copies = HostCopies()  # device -> host copies on a side stream, maps in flight bounded
+        self._maps = MapsKeeper(
+            maps, len(self.layers), self._copies, self.clock.expected, lambda: 2 * self.stash_budget_bytes
+        )
         self.stash_budget_bytes = 128 << 20
         self._flush_at = self.stash_budget_bytes  # this step's flush size (set at its first layer)
         self._n_layers = len(self.layers)
@@ -178,11 +184,9 @@ class CaptureSession(HookScope):
     def _release(self) -> None:
         self._parts.clear()
         self._maps.clear()
-        self._map_sum.clear()
         self._step_bufs = []
         self._stash = {}
         self._pending_q = {}
-        self._maps_host = None
         self._done = {}
         self._host = None
         self._layout_cache = None
@@ -345,17 +349,13 @@ class CaptureSession(HookScope):
         if self.keep_stats:
             self._parts[(self._step_pos, li)] = stats
         if maps is not None:
-            self._keep_maps(li, maps.unsqueeze(0))
+            self._maps.keep(self._step_pos, li, maps.unsqueeze(0))
 
     def _maps_of_run(self, run: list[int]) -> None:
-        """Maps of the selected heads for a run of consecutive stashed layers, computed a few layers at a time
-        (one batched product per group, :func:`layer_probabilities`): a group's stacked inputs and its fp32 logits
-        and probabilities stay within the stash budget."""
+        """Maps of the selected heads for a run of consecutive stashed layers, a few layers per batched product
+        (:func:`layer_probabilities`, groups sized by :func:`layers_per_group`)."""
         q0, k0 = self._stash[run[0]]
-        B, T, S = q0.shape[0], q0.shape[1], k0.shape[1]
-        maps_bytes = B * len(self.heads) * T * S * 4  # fp32 bytes of one layer's maps
-        per_layer = max(1, 2 * maps_bytes + q0.nbytes + k0.nbytes)
-        n = max(1, self.stash_budget_bytes // per_layer)
+        n = layers_per_group(q0, k0, len(self.heads), self.stash_budget_bytes)
         scale = self.adapter.facts.scale
         with torch.no_grad():
             for i in range(0, len(run), n):
@@ -365,42 +365,7 @@ class CaptureSession(HookScope):
                 probs = layer_probabilities(
                     qs, ks, self._q_index, self._kv_index, scale, key_valid=self._key_valid_now()
                 )
-                self._keep_maps(group[0], probs)
-
-    def _keep_maps(self, first: int, maps: torch.Tensor) -> None:
-        """Keep the probabilities ``[L, B, h, T, S]`` of slots ``first .. first + L - 1``: running sums
-        (``maps="mean"``), or one copy to the CPU (pinned and asynchronous on CUDA) into one block for all
-        expected steps."""
-        if self.maps_mode == "mean":
-            for i, m in enumerate(maps):
-                li = first + i
-                if li in self._map_sum:
-                    self._map_sum[li] += m
-                else:
-                    self._map_sum[li] = m.clone()
-            if first == 0:
-                self._map_count += 1
-            return
-        if self._maps_host is None:
-            self._maps_host = HostBlock(self.clock.expected(), inner=(len(self.layers),))
-        pos = self._step_pos
-        with self._copies.side_stream(maps) as side:
-            kept = self._maps_host.put_run((pos, first), maps)
-            if side is not None:
-                done = torch.cuda.Event()
-                done.record(side)
-                self._bound_maps_in_flight(done, maps.nbytes)
-        for i in range(maps.shape[0]):
-            self._maps[(pos, first + i)] = kept[i]
-
-    def _bound_maps_in_flight(self, done: Any, nbytes: int) -> None:
-        """Device maps stay allocated until their copy to the host is done: those in flight are held to twice the
-        stash budget (:meth:`HostCopies.bound`)."""
-        self._copies.bound(done, nbytes, 2 * self.stash_budget_bytes)
-
-    @property
-    def _maps_in_flight(self) -> Any:
-        return self._copies.in_flight
+                self._maps.keep(self._step_pos, group[0], probs)
 
     def _flush_stash(self) -> None:
         """Run the kernel over the stashed layers: one launch per run of consecutive slots (layers arrive in the
@@ -458,7 +423,7 @@ class CaptureSession(HookScope):
     # ------------------------------------------------------------- finalize
     def _finalize(self) -> None:
         cap = self.capture
-        if self._pending_copies or self._maps:
+        if self._pending_copies or self._maps.pending:
             dev = self._q_index.device
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)  # the model's device (also the side stream's)
@@ -476,7 +441,7 @@ class CaptureSession(HookScope):
             self._check_complete()
             cap.stats = self._assemble_stats()
             self._flag_nonfinite()
-        self._assemble_maps()
+        self._maps.assemble(cap, ns)
         dtype = None
         try:
             dtype = str(next(self.adapter.transformer.parameters()).dtype).replace("torch.", "")
@@ -560,18 +525,6 @@ class CaptureSession(HookScope):
                 "their statistics are not finite",
                 stacklevel=4,
             )
-
-    def _assemble_maps(self) -> None:
-        cap = self.capture
-        ns, nl = len(cap.steps), len(self.layers)
-        if self._maps:
-            block = self._maps_host.complete(ns) if self._maps_host is not None else None
-            if block is not None:
-                cap.maps = block  # every slot written in place: no copy
-            else:
-                cap.maps = torch.stack([torch.stack([self._maps[(s, li)] for li in range(nl)]) for s in range(ns)])
-        if self._map_sum:
-            cap.maps_mean = torch.stack([(self._map_sum[li] / self._map_count).cpu() for li in range(nl)])
 
 
 def _is_compiled(model: Any) -> bool:

@@ -45,8 +45,8 @@ class Segments:
             raise ValueError(f"segment names repeat: {names!r}")
         if UNKNOWN in names:
             raise ValueError(f"{UNKNOWN!r} is reserved for keys of no known segment; pick another name")
-        if len(names) > 16:
-            raise ValueError(f"at most 16 segments; got {len(names)}")
+        if len(names) > 15:
+            raise ValueError(f"at most 15 segments (the statistics kernel's limit); got {len(names)}")
         for role in ("sequence", "sequence_meta"):
             v = getattr(self, role)
             if v is not None and v not in names:

@@ -92,7 +92,7 @@ def test_fused_equals_reference():
 
     q, k, seg, lidx, nl = (t.to(DEV) for t in _case())
     heads = torch.tensor([0, 1, 3], device=DEV)
-    out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), block_t=32, block_s=32)
+    out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), block_t=32, block_s=32, n_seg=5)
     ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg, 5), lidx, nl)
     for name in ref:
         if ref[name].dtype.is_floating_point:
@@ -141,7 +141,7 @@ def test_fused_variants_equal_reference(case, variant, bf16_dot):
 
     q, k, seg, lidx, nl, heads = _case_tensors(case)
     cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
-    out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg)
+    out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg, n_seg=5)
     ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg, 5), lidx, nl)
     _check(out, ref, (case, variant))
     if case == "random_split_group":
@@ -170,7 +170,7 @@ def test_fused_v2_whole_blocks_only(variant):
     cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
     plan = key_plan(seg.int(), lidx.int(), 16, cfg.order)
     assert plan.nblk.tolist() == [[2, 2]]
-    out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg)
+    out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg, n_seg=5)
     ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg, 5), lidx, nl)
     _check(out, ref, variant)
 
@@ -492,9 +492,9 @@ def test_capture_builds_the_launch_plan_once_for_captures_of_one_layout():
         assert torch.equal(caps[0].stats[name], caps[1].stats[name]), name
 
 
-def test_capture_with_a_zero_scale_takes_the_kernel_that_accepts_it():
-    """The v2 kernel needs scale > 0; with scale 0 (every key equally likely) the capture runs the v1 kernel and
-    agrees with the reference path."""
+def test_capture_with_a_zero_scale_takes_the_reference_path():
+    """The statistics kernel folds a positive scale into its exponent; with scale 0 (every key equally likely) the
+    capture takes the reference path, also when the kernel was asked for, and says so."""
     import dataclasses
 
     import attnlens as al
@@ -509,7 +509,7 @@ def test_capture_with_a_zero_scale_takes_the_kernel_that_accepts_it():
         with ses as cap, torch.no_grad():
             tr(**kw)
         caps[red] = cap
-    assert caps["fused"].meta["reducer"] == "fused"
+    assert caps["fused"].meta["reducer"] == "reference"
     ent = caps["fused"].stats["entropy"]
     assert torch.allclose(ent, torch.ones_like(ent), atol=1e-6)  # uniform over all keys: normalized entropy 1
     for name, ref in caps["reference"].stats.items():
@@ -550,3 +550,75 @@ def test_maps_in_flight_are_held_to_twice_the_stash_budget():
     assert a.waited and not b.waited and not c.waited
     assert [x for x, _ in copies.in_flight] == [b, c]
     assert not finished.waited
+
+
+# ------------------------------------------------------------------------------ segment counts and key masks
+def _independent(q, k, scale, heads, group, codes, lidx, n_seg):
+    """Statistics from torch's softmax with masked keys at -inf, sums per segment written out one by one."""
+    B, T, _, _ = q.shape
+    h = len(heads)
+    kv = torch.tensor([hh // group for hh in heads])
+    logits = torch.einsum("bthd,bshd->bhts", q[:, :, heads].double(), k[:, :, kv].double()) * scale
+    valid = codes != -2  # [B, S]
+    logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+    P = torch.softmax(logits, dim=-1)  # [B, h, T, S]
+    n_keys = valid.sum(1).double()[:, None, None]
+    plogp = torch.where(P > 0, P * P.clamp_min(1e-300).log(), torch.zeros_like(P))
+    ent = -plogp.sum(-1) / n_keys.log()
+    mass = torch.stack([(P * (codes == g)[:, None, None, :]).sum(-1) for g in range(n_seg)], dim=-1)
+    amax = logits.argmax(-1)
+    out = {"entropy": ent, "mass": mass, "argmax": amax}
+    lyr = torch.full((B, h, T), -1, dtype=torch.long)
+    for b in range(B):
+        pos = (lidx[b] >= 0).nonzero().flatten()
+        if len(pos):
+            lyr[b] = lidx[b][pos][logits[b][..., pos].argmax(-1)]
+    out["lyric_argmax"] = lyr
+    return out, valid
+
+
+@pytest.mark.parametrize("n_seg", [1, 3, 7])
+@pytest.mark.parametrize("variant", ["baseline", "v2_all_nogqa", "v2_plain"])
+def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
+    from dataclasses import replace
+
+    from attnlens.reducers.fused import VARIANTS, reduce_fused
+
+    g = torch.Generator().manual_seed(n_seg)
+    B, T, H, KVH, D, S = 2, 20, 4, 2, 16, 45
+    q = torch.randn(B, T, H, D, generator=g) * 2
+    k = torch.randn(B, S, KVH, D, generator=g) * 2
+    codes = torch.sort(torch.randint(0, n_seg, (B, S), generator=g), dim=1).values  # packed runs
+    codes[0, 0] = -2  # masked: the first key, one in the middle of a run, and a run of eight
+    codes[0, 20] = -2
+    codes[1, 30:38] = -2
+    lidx = torch.full((B, S), -1, dtype=torch.long)
+    for b in range(B):
+        pos = ((codes[b] == 0)).nonzero().flatten()
+        lidx[b, pos] = torch.arange(len(pos))
+    nl = (lidx >= 0).sum(1)
+    heads = [0, 1, 2, 3]
+    want, valid = _independent(q, k, 0.25, heads, 2, codes, lidx, n_seg)
+    cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
+    out = reduce_fused(q, k, 0.25, torch.tensor(heads, dtype=torch.int32), 2, codes.int(), lidx.int(), nl.int(),
+                       config=cfg, n_seg=n_seg)  # fmt: skip
+    assert out["mass"].shape == (B, 4, T, n_seg)
+    assert torch.allclose(out["entropy"].double(), want["entropy"], atol=2e-5)
+    assert torch.allclose(out["mass"].double(), want["mass"], atol=2e-5)
+    assert torch.allclose(out["mass"].sum(-1), torch.ones(()), atol=2e-5)  # every key in a segment or masked
+    assert torch.equal(out["argmax"].long(), want["argmax"])
+    assert bool(valid.gather(1, out["argmax"].long().flatten(1)).all())  # never a masked key
+    assert torch.equal(out["lyric_argmax"].long(), want["lyric_argmax"])
+
+
+def test_key_plan_leaves_masked_keys_out():
+    from attnlens.reducers.fused import key_plan
+
+    codes = torch.tensor([[0, 0, -2, 1, 1, -2, 2, 0]])
+    lidx = torch.tensor([[0, 1, -1, -1, -1, -1, -1, 2]])
+    for first in (True, False):
+        plan = key_plan(codes, lidx, 16, first)
+        order = [x for x in plan.order[0].tolist() if x >= 0]
+        assert sorted(order) == [0, 1, 3, 4, 6, 7]
+        assert plan.nblk[0].tolist() == ([0, 2] if first else [0, 1])  # the lyric and the other run; or one block
+    assert [x for x in key_plan(codes, lidx, 16, True).order[0].tolist() if x >= 0][:3] == [0, 1, 7]

@@ -8,8 +8,11 @@ fp32 registers, the online-softmax state (running max ``m``, ``l = Σ e^{s-m}``)
     argmax       first index of the running maximum
     lyric-only   the same over keys in L: H_L = log l_L + m_L - (Σ_L e^{s-m_L} s) / l_L  (then / log n), argmax_L
 
-These are exact rewrites of the reference definitions (:mod:`attnlens.reducers.stats`); only the summation order
-differs. Logits use ``tl.dot`` with fp32 accumulation (IEEE fp32 products for fp32 inputs, exact products for
+with ``g`` over the layout's ``n_seg`` segments (1 to 15, a compile-time constant: one accumulator column each, the
+count rounded up to a power of two). Masked keys (segment code ``MASKED_CODE``) are out of the softmax: the v2
+kernel's key plan leaves them out of its order, the v1 kernel sets their logits to ``-inf``; entropy is normalized by
+the log of each item's unmasked key count. These are exact rewrites of the reference definitions
+(:mod:`attnlens.reducers.stats`); only the summation order differs. Logits use ``tl.dot`` with fp32 accumulation (IEEE fp32 products for fp32 inputs, exact products for
 bf16/fp16 inputs). Needs CUDA, Triton and ``head_dim >= 16``; elsewhere the reference path runs.
 
 Two kernels, picked by :class:`FusedConfig` (``config=`` of :func:`reduce_fused`):
@@ -53,6 +56,7 @@ from typing import Literal
 import torch
 
 from ..devices import TableArena, upload
+from ..segments import MASKED_CODE
 from .layer_table import layer_tables
 
 try:  # Triton is optional: CUDA builds of torch bring it
@@ -217,8 +221,10 @@ class KeyPlan:
 def key_plan(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, lyric_first: bool) -> KeyPlan:
     """Key order and block descriptors for the v2 kernel (device tensor ops only: no synchronization).
 
-    ``lyric_first``: the lyric keys (``lyric_index >= 0``) in packed order, then the other keys in packed order,
-    each run cut into whole blocks with its remainder (padded to a block) moved behind all whole blocks::
+    Masked keys (segment code ``MASKED_CODE``, -2) are left out of the order: the kernel never reads them, so their
+    probability is exactly 0. ``lyric_first``: the lyric keys (``lyric_index >= 0``) in packed order, then the other
+    keys in packed order, each run cut into whole blocks with its remainder (padded to a block) moved behind all
+    whole blocks::
 
         [lyric whole blocks][other whole blocks][lyric remainder + padding][other remainder + padding]
 
@@ -229,14 +235,17 @@ def key_plan(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, l
     dev = seg_codes.device
     i64 = torch.long
     bs = block_s
+    present = seg_codes != MASKED_CODE  # [B, S]
+    in_l = (lyric_index >= 0) & present
+    n_p = present.sum(1, keepdim=True)  # keys in the softmax [B, 1]
+    i = torch.arange(S, device=dev, dtype=i64)[None, :]  # rank in the visiting order
     if lyric_first:
         nb = (S + bs - 1) // bs + 1  # two partial blocks take at most one block more than packed order
-        in_l = lyric_index >= 0
-        src = torch.sort((~in_l).to(torch.int32), dim=1, stable=True).indices  # packed keys, lyric keys first
-        i = torch.arange(S, device=dev, dtype=i64)[None, :]  # rank in that order
+        rank = torch.where(in_l, 0, torch.where(present, 1, 2)).to(torch.int32)
+        src = torch.sort(rank, dim=1, stable=True).indices  # lyric keys, other keys, masked keys; packed order each
         n_l = in_l.sum(1, keepdim=True)
         l_full = n_l // bs * bs  # lyric keys in whole blocks
-        o_full = (S - n_l) // bs * bs  # other keys in whole blocks
+        o_full = (n_p - n_l) // bs * bs  # other keys in whole blocks
         l_rest = torch.where(n_l > l_full, bs, 0)  # the lyric remainder's block
         dst = torch.where(
             i < l_full,
@@ -247,16 +256,18 @@ def key_plan(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, l
                 torch.where(i - n_l < o_full, l_full + (i - n_l), l_full + o_full + l_rest + (i - n_l - o_full)),
             ),
         )
-        order = torch.full((B, nb * bs), -1, device=dev, dtype=i64)
-        order.scatter_(1, dst, src)
         n_full = ((l_full + o_full) // bs)[:, 0]
-        n_all = n_full + (n_l > l_full)[:, 0].to(i64) + (S - n_l > o_full)[:, 0].to(i64)
+        n_all = n_full + (n_l > l_full)[:, 0].to(i64) + (n_p - n_l > o_full)[:, 0].to(i64)
     else:
         nb = (S + bs - 1) // bs
-        j = torch.arange(nb * bs, device=dev, dtype=i64)
-        order = torch.where(j < S, j, -1)[None, :].expand(B, -1).contiguous()
-        n_full = torch.full((B,), S // bs, device=dev, dtype=i64)
-        n_all = torch.full((B,), nb, device=dev, dtype=i64)
+        src = torch.sort((~present).to(torch.int32), dim=1, stable=True).indices  # present keys in packed order
+        dst = i.expand(B, -1)
+        n_full = (n_p // bs)[:, 0]
+        n_all = ((n_p + bs - 1) // bs)[:, 0]
+    dst = torch.where(i < n_p, dst, nb * bs)  # masked keys go to a spare slot, cut off below
+    order = torch.full((B, nb * bs + 1), -1, device=dev, dtype=i64)
+    order.scatter_(1, dst, src)
+    order = order[:, : nb * bs]
     valid = order >= 0
     oc = order.clamp(min=0)
     seg = torch.where(valid, seg_codes.to(i64).gather(1, oc), -1)
@@ -312,15 +323,46 @@ def _cached(tensors: tuple[torch.Tensor, ...], extra: tuple, build):
 
 
 if HAVE_TRITON:
-    # All tensors are contiguous: q [B, T, H, D], k [B, S, KVH, D], seg/lidx [B, S], outputs [..., B, h, T(, 5)]
+    # ------------------------------------------------------------------------------ segment masses (both kernels)
+    # One accumulator [rows, NSEG_P] (NSEG_P: the segment count rounded up to a power of two) holds every segment's
+    # running sum of e^(s - m); the store writes the NSEG real columns.
+    @triton.jit
+    def _mass_add_uniform(g, seg, wrs, NSEG_P: tl.constexpr):
+        """A key block that lies in one segment ``seg``: its row sums ``wrs [R]`` go to that column."""
+        cols = tl.arange(0, NSEG_P)
+        return g + tl.where(cols[None, :] == seg, wrs[:, None], 0.0)
+
+    @triton.jit
+    def _mass_add_mixed(g, p, seg_row, lo, hi, w, NSEG: tl.constexpr, NSEG_P: tl.constexpr):
+        """A key block with several segments (codes ``seg_row [1, BLOCK_S]`` between ``lo`` and ``hi``): masked row
+        sums of ``p`` for the segments present only, times ``w``."""
+        cols = tl.arange(0, NSEG_P)
+        for gi in tl.static_range(NSEG):
+            if (lo <= gi) & (hi >= gi):
+                part = w * tl.sum(tl.where(seg_row == gi, p, 0.0), axis=1)
+                g = g + tl.where(cols[None, :] == gi, part[:, None], 0.0)
+        return g
+
+    @triton.jit
+    def _mass_store(mass_ptr, o, g, inv_l, t_ok, NSEG: tl.constexpr, NSEG_P: tl.constexpr):
+        """``mass[o, :NSEG] = g / l`` (rows ``o``, masked by ``t_ok``)."""
+        cols = tl.arange(0, NSEG_P)
+        tl.store(
+            mass_ptr + o[:, None] * NSEG + cols[None, :],
+            g * inv_l[:, None],
+            mask=t_ok[:, None] & (cols[None, :] < NSEG),
+        )
+
+    # All tensors are contiguous: q [B, T, H, D], k [B, S, KVH, D], seg/lidx [B, S], outputs [..., B, h, T(, NSEG)]
     # starting at element ``out_off`` (the layer's slot in a per-step buffer). Integer arguments are not
     # specialized, so one compiled kernel serves every length (and launching it stays cheap).
     @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "H", "KVH", "n_sel", "group"])
     def _stats_kernel(
-        q_ptr, k_ptr, seg_ptr, lidx_ptr, nlyr_ptr, heads_ptr,
+        q_ptr, k_ptr, seg_ptr, lidx_ptr, nlyr_ptr, heads_ptr, invlog_ptr,
         ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
-        out_off, B, T, S, H, KVH, n_sel, group, scale, inv_log_s,
+        out_off, B, T, S, H, KVH, n_sel, group, scale,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, IEEE: tl.constexpr,
+        NSEG: tl.constexpr, NSEG_P: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -345,11 +387,7 @@ if HAVE_TRITON:
         lsum = tl.zeros([BLOCK_T], tl.float32)
         ps = tl.zeros([BLOCK_T], tl.float32)
         am = tl.zeros([BLOCK_T], tl.int32)
-        g0 = tl.zeros([BLOCK_T], tl.float32)
-        g1 = tl.zeros([BLOCK_T], tl.float32)
-        g2 = tl.zeros([BLOCK_T], tl.float32)
-        g3 = tl.zeros([BLOCK_T], tl.float32)
-        g4 = tl.zeros([BLOCK_T], tl.float32)
+        g = tl.zeros([BLOCK_T, NSEG_P], tl.float32)
         ml = tl.full([BLOCK_T], neg_inf, tl.float32)
         ll = tl.zeros([BLOCK_T], tl.float32)
         psl = tl.zeros([BLOCK_T], tl.float32)
@@ -364,10 +402,11 @@ if HAVE_TRITON:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
-            s = s * scale
-            s = tl.where(s_ok[None, :], s, neg_inf)
             seg = tl.load(seg_ptr + b * S + offs_s, mask=s_ok, other=-1)
             lid = tl.load(lidx_ptr + b * S + offs_s, mask=s_ok, other=-1)
+            s_ok = s_ok & (seg != -2)  # a masked key (code -2) is out of the softmax
+            s = s * scale
+            s = tl.where(s_ok[None, :], s, neg_inf)
             # all keys
             bmax = tl.max(s, axis=1)
             barg = tl.argmax(s, axis=1).to(tl.int32) + s0
@@ -379,26 +418,14 @@ if HAVE_TRITON:
             rowsum = tl.sum(p, axis=1)
             lsum = lsum * alpha + rowsum
             ps = ps * alpha + tl.sum(tl.where(s_ok[None, :], p * s, 0.0), axis=1)
-            g0 = g0 * alpha
-            g1 = g1 * alpha
-            g2 = g2 * alpha
-            g3 = g3 * alpha
-            g4 = g4 * alpha
+            g = g * alpha[:, None]
             # packed segments are contiguous runs: most key blocks lie in one segment and need no extra reduction
             seg_lo = tl.min(tl.where(s_ok, seg, 127))
             seg_hi = tl.max(tl.where(s_ok, seg, -127))
             if seg_lo == seg_hi:
-                g0 += tl.where(seg_lo == 0, rowsum, 0.0)
-                g1 += tl.where(seg_lo == 1, rowsum, 0.0)
-                g2 += tl.where(seg_lo == 2, rowsum, 0.0)
-                g3 += tl.where(seg_lo == 3, rowsum, 0.0)
-                g4 += tl.where(seg_lo == 4, rowsum, 0.0)
+                g = _mass_add_uniform(g, seg_lo, rowsum, NSEG_P)
             else:
-                g0 += tl.sum(tl.where(seg[None, :] == 0, p, 0.0), axis=1)
-                g1 += tl.sum(tl.where(seg[None, :] == 1, p, 0.0), axis=1)
-                g2 += tl.sum(tl.where(seg[None, :] == 2, p, 0.0), axis=1)
-                g3 += tl.sum(tl.where(seg[None, :] == 3, p, 0.0), axis=1)
-                g4 += tl.sum(tl.where(seg[None, :] == 4, p, 0.0), axis=1)
+                g = _mass_add_mixed(g, p, seg[None, :], seg_lo, seg_hi, 1.0, NSEG, NSEG_P)
             m = m_new
             # lyric keys only (skipped for blocks without any)
             if tl.max(lid) >= 0:
@@ -416,7 +443,7 @@ if HAVE_TRITON:
                 ml = ml_new
         n_l = tl.load(nlyr_ptr + b)
         inv_l = 1.0 / lsum
-        ent = (tl.log(lsum) + m - ps * inv_l) * inv_log_s
+        ent = (tl.log(lsum) + m - ps * inv_l) * tl.load(invlog_ptr + b)
         has_l = ll > 0
         ll_safe = tl.where(has_l, ll, 1.0)
         ent_l = tl.log(ll_safe) + tl.where(has_l, ml, 0.0) - psl / ll_safe
@@ -428,12 +455,7 @@ if HAVE_TRITON:
         tl.store(arg_ptr + o, am, mask=t_ok)
         tl.store(entl_ptr + o, ent_l, mask=t_ok)
         tl.store(argl_ptr + o, aml, mask=t_ok)
-        mo = o * 5
-        tl.store(mass_ptr + mo + 0, g0 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 1, g1 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 2, g2 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 3, g3 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 4, g4 * inv_l, mask=t_ok)
+        _mass_store(mass_ptr, o, g, inv_l, t_ok, NSEG, NSEG_P)
 
     # ------------------------------------------------------------------------------------------------ v2 kernel
     @triton.jit
@@ -494,9 +516,9 @@ if HAVE_TRITON:
     @triton.jit
     def _v2_step(
         r, s0, valid, ordp, segp, lidp, d, scale, c,
-        m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+        m, lsum, ps, am, g, ml, ll, psl, aml,
         BLOCK_S: tl.constexpr, MASK: tl.constexpr, EXP2: tl.constexpr, LYR: tl.constexpr,
-        ORDER: tl.constexpr, ARGMAX: tl.constexpr,
+        ORDER: tl.constexpr, ARGMAX: tl.constexpr, NSEG: tl.constexpr, NSEG_P: tl.constexpr,
     ):  # fmt: skip
         """Fold one key block (raw dot ``r [R, BLOCK_S]``) into the running state of every row."""
         if EXP2:
@@ -539,32 +561,14 @@ if HAVE_TRITON:
             w = 1.0
             lsum = alpha * lsum + rs
             ps = alpha * (ps - shift) + rx
-        g0 = g0 * alpha
-        g1 = g1 * alpha
-        g2 = g2 * alpha
-        g3 = g3 * alpha
-        g4 = g4 * alpha
+        g = g * alpha[:, None]
         seg_lo = ((d >> 4) & 15) - 1
         seg_hi = ((d >> 8) & 15) - 1
         if seg_lo == seg_hi:
-            wrs = w * rs
-            g0 += tl.where(seg_lo == 0, wrs, 0.0)
-            g1 += tl.where(seg_lo == 1, wrs, 0.0)
-            g2 += tl.where(seg_lo == 2, wrs, 0.0)
-            g3 += tl.where(seg_lo == 3, wrs, 0.0)
-            g4 += tl.where(seg_lo == 4, wrs, 0.0)
+            g = _mass_add_uniform(g, seg_lo, w * rs, NSEG_P)
         else:  # masked sums for the segments present only
             seg = tl.load(segp + tl.arange(0, BLOCK_S))[None, :]
-            if (seg_lo <= 0) & (seg_hi >= 0):
-                g0 += w * tl.sum(tl.where(seg == 0, p, 0.0), axis=1)
-            if (seg_lo <= 1) & (seg_hi >= 1):
-                g1 += w * tl.sum(tl.where(seg == 1, p, 0.0), axis=1)
-            if (seg_lo <= 2) & (seg_hi >= 2):
-                g2 += w * tl.sum(tl.where(seg == 2, p, 0.0), axis=1)
-            if (seg_lo <= 3) & (seg_hi >= 3):
-                g3 += w * tl.sum(tl.where(seg == 3, p, 0.0), axis=1)
-            if (seg_lo <= 4) & (seg_hi >= 4):
-                g4 += w * tl.sum(tl.where(seg == 4, p, 0.0), axis=1)
+            g = _mass_add_mixed(g, p, seg, seg_lo, seg_hi, w, NSEG, NSEG_P)
         if LYR == 2:
             if lall:
                 aml = tl.where(bmax > ml, bpos + s0, aml)
@@ -579,26 +583,22 @@ if HAVE_TRITON:
         else:
             if lany:
                 ml, ll, psl, aml = _lyric_masked(s, s0, lidp, c, ml, ll, psl, aml, BLOCK_S, EXP2, LYR, ARGMAX)
-        return m_new, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml
+        return m_new, lsum, ps, am, g, ml, ll, psl, aml
 
     @triton.jit
     def _v2_block(
         q, kp, sks, ordr, segr, lidr, descr, blk, S, scale, c,
-        m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
+        m, lsum, ps, am, g, ml, ll, psl, aml,
         D: tl.constexpr, BLOCK_S: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr, EXP2: tl.constexpr,
-        LYR: tl.constexpr, ORDER: tl.constexpr, ARGMAX: tl.constexpr,
+        LYR: tl.constexpr, ORDER: tl.constexpr, ARGMAX: tl.constexpr, NSEG: tl.constexpr, NSEG_P: tl.constexpr,
     ):  # fmt: skip
         """Load key block ``blk`` (its keys through the plan's order), take the logits, fold them in."""
         s0 = blk * BLOCK_S
         offs_s = s0 + tl.arange(0, BLOCK_S)
         d = tl.load(descr + blk)
-        if ORDER:
-            pk = tl.load(ordr + offs_s)
-            valid = pk >= 0
-            krow = tl.maximum(pk, 0)
-        else:
-            valid = offs_s < S
-            krow = tl.minimum(offs_s, S - 1)
+        pk = tl.load(ordr + offs_s)  # keys through the plan's order (masked keys and padding: -1)
+        valid = pk >= 0
+        krow = tl.maximum(pk, 0)
         k = tl.load(kp + krow[:, None] * sks + tl.arange(0, D)[None, :])  # padding reads a valid key: masked
         if IEEE:
             r = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -606,8 +606,8 @@ if HAVE_TRITON:
             r = tl.dot(q, tl.trans(k))
         return _v2_step(
             r, s0, valid, ordr + s0, segr + s0, lidr + s0, d, scale, c,
-            m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
-            BLOCK_S, MASK, EXP2, LYR, ORDER, ARGMAX,
+            m, lsum, ps, am, g, ml, ll, psl, aml,
+            BLOCK_S, MASK, EXP2, LYR, ORDER, ARGMAX, NSEG, NSEG_P,
         )  # fmt: skip
 
     # q [B, T, H, D], k [B, S, KVH, D] (times L layers); plan tensors order/seg/lid [B, S_pad], desc [B, NB], nblk
@@ -616,10 +616,11 @@ if HAVE_TRITON:
     @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "S_pad", "NB", "H", "KVH", "n_sel", "n_prog", "group"])
     def _stats_kernel_v2(
         q_ptr, k_ptr, qoff_ptr, koff_ptr, ord_ptr, seg_ptr, lid_ptr, desc_ptr, nblk_ptr, nlyr_ptr, heads_ptr, tab_ptr,
-        ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
-        out_off, B, T, S, S_pad, NB, H, KVH, n_sel, n_prog, group, scale, c, inv_log_s,
+        invlog_ptr, ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
+        out_off, B, T, S, S_pad, NB, H, KVH, n_sel, n_prog, group, scale, c,
         D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
         EXP2: tl.constexpr, LYR: tl.constexpr, ORDER: tl.constexpr, ARGMAX: tl.constexpr, LAYERS: tl.constexpr,
+        NSEG: tl.constexpr, NSEG_P: tl.constexpr,
     ):  # fmt: skip
         pid_t = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -656,11 +657,7 @@ if HAVE_TRITON:
         lsum = tl.zeros([G * BLOCK_T], tl.float32)
         ps = tl.zeros([G * BLOCK_T], tl.float32)
         am = tl.zeros([G * BLOCK_T], tl.int32)
-        g0 = tl.zeros([G * BLOCK_T], tl.float32)
-        g1 = tl.zeros([G * BLOCK_T], tl.float32)
-        g2 = tl.zeros([G * BLOCK_T], tl.float32)
-        g3 = tl.zeros([G * BLOCK_T], tl.float32)
-        g4 = tl.zeros([G * BLOCK_T], tl.float32)
+        g = tl.zeros([G * BLOCK_T, NSEG_P], tl.float32)
         ml = tl.full([G * BLOCK_T], float("-inf"), tl.float32)
         ll = tl.zeros([G * BLOCK_T], tl.float32)
         psl = tl.zeros([G * BLOCK_T], tl.float32)
@@ -669,19 +666,20 @@ if HAVE_TRITON:
         n_full = tl.load(nblk_ptr + 2 * b)
         n_all = tl.load(nblk_ptr + 2 * b + 1)
         for blk in range(0, n_full):
-            m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_block(
+            m, lsum, ps, am, g, ml, ll, psl, aml = _v2_block(
                 q, kp, sks, ordr, segr, lidr, descr, blk, S, scale, c,
-                m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
-                D, BLOCK_S, False, IEEE, EXP2, LYR, ORDER, ARGMAX,
+                m, lsum, ps, am, g, ml, ll, psl, aml,
+                D, BLOCK_S, False, IEEE, EXP2, LYR, ORDER, ARGMAX, NSEG, NSEG_P,
             )  # fmt: skip
         for blk in range(n_full, n_all):
-            m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml = _v2_block(
+            m, lsum, ps, am, g, ml, ll, psl, aml = _v2_block(
                 q, kp, sks, ordr, segr, lidr, descr, blk, S, scale, c,
-                m, lsum, ps, am, g0, g1, g2, g3, g4, ml, ll, psl, aml,
-                D, BLOCK_S, True, IEEE, EXP2, LYR, ORDER, ARGMAX,
+                m, lsum, ps, am, g, ml, ll, psl, aml,
+                D, BLOCK_S, True, IEEE, EXP2, LYR, ORDER, ARGMAX, NSEG, NSEG_P,
             )  # fmt: skip
         n_l = tl.load(nlyr_ptr + b)
         inv_l = 1.0 / lsum
+        inv_log_s = tl.load(invlog_ptr + b)
         if EXP2:
             ent = (tl.log(lsum) - 0.6931471805599453 * ps * inv_l) * inv_log_s
         else:
@@ -694,8 +692,7 @@ if HAVE_TRITON:
             ent_l = tl.log(ll_safe) - psl / ll_safe
         log_n = tl.log(tl.maximum(n_l, 2).to(tl.float32))
         ent_l = tl.where(n_l > 1, ent_l / log_n, 0.0)
-        if ORDER:  # position of the maximum -> packed index
-            am = tl.load(ordr + am)
+        am = tl.load(ordr + am)  # position of the maximum -> packed index
         if LYR != 0:  # position of the lyric maximum -> lyric index
             aml = tl.load(lidr + aml, mask=aml >= 0, other=-1)
         aml = tl.where(n_l > 0, aml, -1)
@@ -704,12 +701,7 @@ if HAVE_TRITON:
         tl.store(arg_ptr + o, am, mask=t_ok)
         tl.store(entl_ptr + o, ent_l, mask=t_ok)
         tl.store(argl_ptr + o, aml, mask=t_ok)
-        mo = o * 5
-        tl.store(mass_ptr + mo + 0, g0 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 1, g1 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 2, g2 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 3, g3 * inv_l, mask=t_ok)
-        tl.store(mass_ptr + mo + 4, g4 * inv_l, mask=t_ok)
+        _mass_store(mass_ptr, o, g, inv_l, t_ok, NSEG, NSEG_P)
 
 
 def _launch_plan(
@@ -751,6 +743,7 @@ def reduce_fused(
     config: FusedConfig | str | None = None,
     heads_list: list[int] | None = None,
     tables: TableArena | None = None,
+    n_seg: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics with the fused kernel.
 
@@ -778,7 +771,9 @@ def reduce_fused(
     if cfg.kernel == "v2" and not scale > 0:
         cfg = replace(FusedConfig(), **{f: getattr(cfg, f) for f in ("block_t", "block_s", "num_warps", "num_stages")})
     if cfg.kernel == "v2":
-        launcher = StatsLauncher(scale, heads, group, seg_codes, lyric_index, n_lyric, cfg, heads_list, tables)
+        launcher = StatsLauncher(
+            scale, heads, group, seg_codes, lyric_index, n_lyric, cfg, heads_list, tables, n_seg=_n_seg(n_seg, out)
+        )
         return launcher(q, k, out, slot)
     if isinstance(q, (list, tuple)):  # v1: several layers stacked into one block
         _check_lists(q, k)
@@ -788,14 +783,16 @@ def reduce_fused(
     S, KVH = k.shape[-3], k.shape[-2]
     h = heads.numel()
     if out is None:
-        out, slot = new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T, 5), 0
+        out, slot = new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T, _n_seg(n_seg, out)), 0
     q, k = q.contiguous(), k.contiguous()
     grid = ((T + cfg.block_t - 1) // cfg.block_t, B * h, n_layers)
+    nseg = out["mass"].shape[-1]
     _stats_kernel[grid](
-        q, k, seg_codes, lyric_index, n_lyric, heads,
+        q, k, seg_codes, lyric_index, n_lyric, heads, inv_log_keys(seg_codes),
         out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale), _inv_log(S),
-        D=D, BLOCK_T=cfg.block_t, BLOCK_S=cfg.block_s, IEEE=q.dtype == torch.float32, **_launch_options(cfg),
+        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale),
+        D=D, BLOCK_T=cfg.block_t, BLOCK_S=cfg.block_s, IEEE=q.dtype == torch.float32, NSEG=nseg,
+        NSEG_P=triton.next_power_of_2(nseg), **_launch_options(cfg),
     )  # fmt: skip
     return out
 
@@ -805,8 +802,24 @@ def _check_lists(q: list | tuple, k: list | tuple) -> None:
         raise ValueError(f"need one key tensor per query tensor; got {len(q)} and {len(k)}")
 
 
-def _inv_log(S: int) -> float:
-    return 1.0 / math.log(S) if S > 1 else 0.0
+def inv_log_keys(seg_codes: torch.Tensor) -> torch.Tensor:
+    """``1 / log n`` per batch item ``[B]`` (fp32), ``n`` its keys in the softmax (codes other than ``MASKED_CODE``);
+    0 when ``n <= 1``: entropy's normalizer. A device operation (no synchronization)."""
+    n = (seg_codes != MASKED_CODE).sum(1).to(torch.float64)
+    return torch.where(n > 1, 1.0 / torch.log(n.clamp(min=2)), 0.0).to(torch.float32)
+
+
+def _n_seg(n_seg: int | None, out: dict[str, torch.Tensor] | None) -> int:
+    """The segment count: given, or the last dim of the ``mass`` buffer of ``out``."""
+    if n_seg is None and out is not None:
+        n_seg = int(out["mass"].shape[-1])
+    if n_seg is None:
+        raise ValueError("the number of segments is needed: pass n_seg=... (or out= buffers from new_outputs)")
+    if not 1 <= n_seg <= 15:
+        raise ValueError(f"n_seg must be between 1 and 15; got {n_seg}")
+    if out is not None and out["mass"].shape[-1] != n_seg:
+        raise ValueError(f"n_seg={n_seg} but the mass buffer holds {out['mass'].shape[-1]} segments")
+    return n_seg
 
 
 def _launch_options(cfg: FusedConfig) -> dict[str, int]:
@@ -858,10 +871,9 @@ class StatsLauncher:
         cfg: FusedConfig | None = None,
         heads_list: list[int] | None = None,
         tables: TableArena | None = None,
-        n_seg: int = 5,
+        n_seg: int | None = None,
     ):
-        if n_seg != 5:
-            raise NotImplementedError("the statistics kernel takes 5 segments")
+        self.n_seg = _n_seg(n_seg, None)
         cfg = cfg or DEFAULT_CONFIG
         if cfg.kernel != "v2" or not scale > 0:
             raise ValueError(
@@ -873,13 +885,16 @@ class StatsLauncher:
         self.n_prog = self.h // G
         self.block_t = cfg.block_t
         # pointer arguments after q, k and the two offset tables; then the outputs
-        self._plan_args = (plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab)
+        self._plan_args = (
+            plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab, inv_log_keys(seg_codes)
+        )  # fmt: skip
         self._shape_args = (plan.order.shape[1], plan.desc.shape[1])  # s_pad, nb
         self._group, self._scale = group, float(scale)
         self._scale2 = float(scale) * math.log2(math.e)
         self._flags = dict(
             BLOCK_T=cfg.block_t, BLOCK_S=cfg.block_s, G=G, EXP2=cfg.exp2, LYR=_LYRIC_CODE[cfg.lyric],
-            ORDER=cfg.order, ARGMAX=_ARGMAX_CODE[cfg.argmax], **_launch_options(cfg),
+            ORDER=cfg.order, ARGMAX=_ARGMAX_CODE[cfg.argmax], NSEG=self.n_seg,
+            NSEG_P=triton.next_power_of_2(self.n_seg), **_launch_options(cfg),
         )  # fmt: skip
 
     def __call__(
@@ -908,13 +923,15 @@ class StatsLauncher:
         h = self.h
         if out is None:
             lead = (n_layers,) if n_layers > 1 or q.ndim == 5 else ()
-            out, slot = new_outputs(q.device, lead, B, h, T, 5), 0
+            out, slot = new_outputs(q.device, lead, B, h, T, self.n_seg), 0
+        elif out["mass"].shape[-1] != self.n_seg:
+            raise ValueError(f"the mass buffer holds {out['mass'].shape[-1]} segments; this launcher {self.n_seg}")
         grid = ((T + self.block_t - 1) // self.block_t, B * self.n_prog, n_layers)
         _stats_kernel_v2[grid](
             q, k, q if qoff is None else qoff, k if koff is None else koff, *self._plan_args,
             out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
             slot * B * h * T, B, T, S, *self._shape_args, H, KVH, h, self.n_prog, self._group,
-            self._scale, self._scale2, _inv_log(S),
+            self._scale, self._scale2,
             D=D, IEEE=q.dtype == torch.float32, LAYERS=qoff is not None, **self._flags,
         )  # fmt: skip
         return out

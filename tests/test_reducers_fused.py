@@ -594,7 +594,7 @@ def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
     codes[1, 30:38] = -2
     lidx = torch.full((B, S), -1, dtype=torch.long)
     for b in range(B):
-        pos = ((codes[b] == 0)).nonzero().flatten()
+        pos = (codes[b] == 0).nonzero().flatten()
         lidx[b, pos] = torch.arange(len(pos))
     nl = (lidx >= 0).sum(1)
     heads = [0, 1, 2, 3]

@@ -356,3 +356,27 @@ def test_stable_audio_fused_kernel_agrees_with_the_reference_under_a_key_mask(di
             assert torch.allclose(got, ref, atol=2e-5), name
         else:
             assert torch.equal(got, ref), name
+
+
+def test_stable_audio_plots_prompt_words_against_seconds(dit):
+    from attnlens.adapters.stable_audio import prompt_item
+
+    tok = al.models.offline_tokenizer()
+    ids = tok("warm piano").input_ids + [tok.eos_token_id]  # the prompt's closing special token
+    ids += [tok.pad_token_id] * (S_PROMPT + S_PAD - len(ids))
+    mask = [1] * 3 + [0] * (len(ids) - 3)
+    item = prompt_item(tok, ids, mask)
+    assert item.segments[:3] == ["prompt", "prompt", "prompt_special"] and item.words == ["warm", "piano"]
+    assert item.segments[-2:] == ["seconds_start", "seconds_total"] and item.n_keys == 12
+    with al.capture(dit, layout=item, maps=True) as cap, torch.no_grad():
+        dit(**_inputs())
+    md = al.plot.map_data(cap, step=-1, layer=1, head=2)
+    assert [r.label for r in md.rows] == ["warm", "piano"] and md.frame_rate == pytest.approx(44100 / 2048)
+    P = cap.maps[0, 1, 0, 2].numpy()  # [frame, key]
+    assert md.values.shape[0] == 2 and abs(md.values[0] - P[:, 0]).max() < 1e-6
+    every = al.plot.map_data(cap, step=-1, layer=1, head=2, keys="all")
+    labels = [r.label for r in every.rows]
+    assert labels[-3:] == ["padding ×7", "seconds_start[0]", "seconds_total[0]"]
+    assert abs(every.values.sum(0) - 1).max() < 1e-5  # every key in one row: columns sum to 1
+    fig = al.plot.heads(cap, step=-1, layers=[1])
+    assert len(fig.axes) >= 4

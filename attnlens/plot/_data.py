@@ -35,6 +35,9 @@ Pool = Literal["max", "mean", "absmax"]
 KEY_VIEWS: tuple[str, ...] = ("words", "lyrics", "all")
 POOLS: tuple[str, ...] = ("max", "mean", "absmax")
 
+MERGE_UNLABELLED = 4
+"""With ``merge``, a segment of keys without tokens (padding, or more than this many keys) is drawn as one row."""
+
 SEGMENT_GROUP = {
     "lyric": "lyrics",
     "lyric_meta": "lyrics",
@@ -111,6 +114,9 @@ def _piece(tok: str | None) -> str:
 
 
 def _lyric_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[Row]:
+    """Rows of the sequence segment's keys (ACE-Step: sung lyrics, with header and tag keys of ``lyric_meta``)."""
+    seq = item.vocabulary.sequence or ""
+    meta = item.vocabulary.sequence_meta or seq
     rows: list[Row] = []
     cur: list[int] = []
     cur_kind = ""
@@ -124,16 +130,16 @@ def _lyric_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[Row
         if cur_kind == "sung":
             w = item.word_index[k0]
             label = item.words[w] if 0 <= w < len(item.words) else "".join(_piece(item.tokens[k]) for k in cur)
-            rows.append(Row(label, "sung", "lyric", tuple(cur), item.line_index[k0]))
+            rows.append(Row(label, "sung", seq, tuple(cur), item.line_index[k0]))
         elif cur_kind == "tag":
-            rows.append(Row("".join((item.tokens[k] or "") for k in cur).strip(), "tag", "lyric_meta", tuple(cur)))
+            rows.append(Row("".join((item.tokens[k] or "") for k in cur).strip(), "tag", meta, tuple(cur)))
         elif cur_kind == "header":
-            rows.append(Row("<header>", "header", "lyric_meta", tuple(cur)))
+            rows.append(Row("<header>", "header", meta, tuple(cur)))
         cur, cur_kind, cur_word = [], "", -2
 
     for k in positions:
         seg, kind, tok = item.segments[k], item.kinds[k], item.tokens[k]
-        if seg == "lyric" and kind in (None, "sung"):
+        if seg == seq and kind in (None, "sung"):
             w = item.word_index[k]
             if not merge:
                 flush()
@@ -178,10 +184,11 @@ def _lyric_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[Row
     return rows
 
 
-def _caption_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[Row]:
+def _caption_rows(item: ItemLayout, positions: list[int], merge: bool, segment: str = "caption") -> list[Row]:
+    """Rows of a text segment other than the sequence (ACE-Step's caption): tokens merged into words."""
     if not merge:
         return [
-            Row(_piece(item.tokens[k]) or f"caption[{i}]", "caption", "caption", (k,)) for i, k in enumerate(positions)
+            Row(_piece(item.tokens[k]) or f"{segment}[{i}]", "caption", segment, (k,)) for i, k in enumerate(positions)
         ]
     rows: list[Row] = []
     cur: list[int] = []
@@ -197,16 +204,16 @@ def _caption_rows(item: ItemLayout, positions: list[int], merge: bool) -> list[R
         if tok.strip() == "" or starts_new:
             if cur:
                 rows.append(
-                    Row("".join(item.tokens[j] or "" for j in cur).strip() or "↵", "caption", "caption", tuple(cur))
+                    Row("".join(item.tokens[j] or "" for j in cur).strip() or "↵", "caption", segment, tuple(cur))
                 )
             cur = [k]
             if tok.strip() == "":
-                rows.append(Row(_piece(tok), "caption", "caption", (k,)))
+                rows.append(Row(_piece(tok), "caption", segment, (k,)))
                 cur = []
         else:
             cur.append(k)
     if cur:
-        rows.append(Row("".join(item.tokens[j] or "" for j in cur).strip() or "↵", "caption", "caption", tuple(cur)))
+        rows.append(Row("".join(item.tokens[j] or "" for j in cur).strip() or "↵", "caption", segment, tuple(cur)))
     return rows
 
 
@@ -224,24 +231,31 @@ def key_rows(item: ItemLayout | None, n_keys: int, keys: Keys = "words", merge: 
             )
         return [Row(f"key[{k}]", "unknown", "unknown", (k,)) for k in range(n_keys)]
     segs = item.segments
+    voc = item.vocabulary
     if keys == "words":
-        rows = _lyric_rows(item, [k for k in range(n_keys) if segs[k] == "lyric"], merge)
+        rows = _lyric_rows(item, [k for k in range(n_keys) if segs[k] in voc.sequence_names()], merge)
         if not rows:
-            raise ValueError("this batch item has no sung lyric tokens: use keys='lyrics' or keys='all'")
+            raise ValueError(
+                f"this batch item has no {voc.sequence or 'sequence'} tokens: use keys='lyrics' or keys='all'"
+            )
         return rows
-    rows = _lyric_rows(item, [k for k in range(n_keys) if segs[k] in ("lyric", "lyric_meta")], merge)
+    seq_names = voc.sequence_names(include_meta=True)
+    rows = _lyric_rows(item, [k for k in range(n_keys) if segs[k] in seq_names], merge)
     if keys == "lyrics":
         if not rows:
-            raise ValueError("this batch item has no lyric keys: use keys='all'")
+            raise ValueError(f"this batch item has no {voc.sequence or 'sequence'} keys: use keys='all'")
         return rows
-    timbre = [k for k in range(n_keys) if segs[k] == "timbre"]
-    rows += [Row(f"timbre[{i}]", "timbre", "timbre", (k,)) for i, k in enumerate(timbre)]
-    rows += _caption_rows(item, [k for k in range(n_keys) if segs[k] == "caption"], merge)
-    pad = [k for k in range(n_keys) if segs[k] == "padding"]
-    if pad and merge:
-        rows.append(Row(f"padding ×{len(pad)}", "padding", "padding", tuple(pad)))
-    else:
-        rows += [Row(f"pad[{i}]", "padding", "padding", (k,)) for i, k in enumerate(pad)]
+    for name in voc.names:  # the other segments, in the vocabulary's order
+        if name in seq_names:
+            continue
+        pos = [k for k in range(n_keys) if segs[k] == name]
+        if any(item.tokens[k] is not None for k in pos):  # a text segment (ACE-Step's caption)
+            rows += _caption_rows(item, pos, merge, name)
+        elif pos and merge and (name == "padding" or len(pos) > MERGE_UNLABELLED):
+            rows.append(Row(f"{name} ×{len(pos)}", name, name, tuple(pos)))
+        else:
+            short = "pad" if name == "padding" else name
+            rows += [Row(f"{short}[{i}]", name, name, (k,)) for i, k in enumerate(pos)]
     return rows
 
 

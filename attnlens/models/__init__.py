@@ -1,9 +1,19 @@
-"""Model builders: the tiny offline pipeline (random weights) and the embedded demo model."""
+"""Model builders: the tiny offline pipelines (random weights: ACE-Step, Stable Audio) and the embedded demo model."""
 
+from .stable_audio import TinyStableAudioConfig, stable_audio_transformer, tiny_stable_audio_pipeline
 from .tiny import TinyConfig, tiny_pipeline
 from .tokenizer import offline_tokenizer
 
-__all__ = ["TinyConfig", "tiny_pipeline", "offline_tokenizer", "demo_pipeline", "demo_vocabulary"]
+__all__ = [
+    "TinyConfig",
+    "tiny_pipeline",
+    "offline_tokenizer",
+    "demo_pipeline",
+    "demo_vocabulary",
+    "TinyStableAudioConfig",
+    "tiny_stable_audio_pipeline",
+    "stable_audio_transformer",
+]
 
 
 def demo_pipeline(*args, **kwargs):

@@ -69,15 +69,14 @@ def prompt_item(tokenizer: Any, ids: list[int], mask: list[int]) -> ItemLayout:
     toks += [None, None]
     spans += [None, None]
     widx += [-1, -1]
-    n = len(segs)
-    kinds = ["sung" if s == "prompt" else ("special" if s == "prompt_special" else None) for s in segs]
+    kinds = ["sung" if s == "prompt" else ("end" if s == "prompt_special" else None) for s in segs]
     return ItemLayout(
         segments=segs,
         tokens=toks,
         kinds=kinds,
         char_spans=spans,
         word_index=widx,
-        line_index=[0 if w >= 0 else -1 for w in widx] if n else [],
+        line_index=[0 if w >= 0 else -1 for w in widx],  # a prompt is one line
         lyrics=text,
         caption=text,
         words=[text[s:e] for s, e in words],

@@ -1,0 +1,86 @@
+"""The tiny offline Stable Audio pipeline, and captures of it: the layout recorded from the T5 tokens, CFG rows."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import attnlens as al
+from attnlens.adapters.stable_audio import STABLE_AUDIO_SEGMENTS
+from attnlens.taps.hooks import attnlens_hooks
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torchsde's Brownian interval notes
+
+KW = dict(audio_end_in_s=2.0, num_inference_steps=3)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return al.models.tiny_stable_audio_pipeline(seed=0)
+
+
+def _run(pipe, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipe(**{**KW, **kw}, generator=torch.Generator().manual_seed(0), output_type="latent").audios
+
+
+def test_builder_is_offline_deterministic_and_at_the_real_rate(pipe):
+    again = al.models.tiny_stable_audio_pipeline(seed=0)
+    other = al.models.tiny_stable_audio_pipeline(seed=1)
+    w = pipe.transformer.transformer_blocks[0].attn2.to_k.weight
+    assert torch.equal(w, again.transformer.transformer_blocks[0].attn2.to_k.weight)
+    assert not torch.equal(w, other.transformer.transformer_blocks[0].attn2.to_k.weight)
+    assert pipe.vae.hop_length == 2048 and pipe.vae.config.sampling_rate == 44100
+    fam = al.adapters.resolve(pipe)
+    assert fam.name == "stable-audio" and fam.frame_rate == pytest.approx(44100 / 2048)
+    assert (fam.facts.heads, fam.facts.kv_heads, fam.facts.head_dim) == (4, 2, 16)
+    assert torch.equal(_run(pipe, prompt="warm piano"), _run(again, prompt="warm piano"))
+    tok = pipe.tokenizer
+    enc = tok("warm piano", padding="max_length", max_length=tok.model_max_length, return_offsets_mapping=True)
+    n = sum(enc.attention_mask)
+    assert enc.input_ids[n - 1] == tok.eos_token_id and enc.input_ids[n:] == [tok.pad_token_id] * (16 - n)
+    assert [("warm piano")[s:e] for s, e in enc.offset_mapping[: n - 1]] == [
+        tok.decode([i]) for i in enc.input_ids[: n - 1]
+    ]
+
+
+def test_capture_of_the_pipeline_records_the_prompt_layout(pipe):
+    with al.capture(pipe, maps=True) as cap:
+        _run(pipe, prompt="warm piano night", guidance_scale=1.0)
+    assert cap.layout.source == "pipeline" and cap.layout.vocabulary == STABLE_AUDIO_SEGMENTS
+    it = cap.layout[0]
+    assert it.n_keys == 16 + 2 and it.words == ["warm", "piano", "night"]
+    L = it.lyric_positions()
+    assert "".join(it.tokens[k] for k in L) == "warm piano night"  # the prompt's tokens, labelled in order
+    assert sorted({it.word_index[k] for k in L}) == [0, 1, 2]
+    assert it.segments[-2:] == ["seconds_start", "seconds_total"] and "prompt_special" in it.segments
+    assert it.segments.count("padding") == 16 - sum(s in ("prompt", "prompt_special") for s in it.segments)
+    assert cap.batch_labels == ["cond:0"] and cap.n_frames == 64 and len(cap.steps) == 3
+    assert torch.allclose(cap.stats["mass"].sum(-1), torch.ones(()), atol=1e-5)
+    # the padding keys are in the softmax (the pipeline passes no mask) and take real mass
+    assert float(cap.stats["mass"][..., STABLE_AUDIO_SEGMENTS.code("padding")].mean()) > 0.05
+    df = al.analyze(cap)
+    assert {"prompt_mass", "padding_mass", "seconds_total_mass"} <= set(df.columns)
+    assert attnlens_hooks(pipe.transformer) == []
+
+
+def test_guidance_rows_are_labelled_unconditional_first(pipe):
+    with al.capture(pipe) as cap:
+        _run(pipe, prompt="warm piano", guidance_scale=3.0)
+    assert cap.batch_labels == ["uncond:0", "cond:0"]
+    assert set(cap.layout[0].segments) == {"null"}  # no negative prompt: a zeroed condition
+    assert cap.layout[1].words == ["warm", "piano"]
+    with al.capture(pipe) as neg:
+        _run(pipe, prompt="warm piano", negative_prompt="harsh noise", guidance_scale=3.0)
+    assert neg.batch_labels == ["uncond:0", "cond:0"]
+    assert neg.layout[0].words == ["harsh", "noise"] and neg.layout[1].words == ["warm", "piano"]
+
+
+def test_capture_leaves_the_pipeline_output_bitwise_identical(pipe):
+    plain = _run(pipe, prompt="soft rain", guidance_scale=2.0)
+    with al.capture(pipe, maps=True):
+        seen = _run(pipe, prompt="soft rain", guidance_scale=2.0)
+    assert torch.equal(plain, seen)

@@ -344,8 +344,16 @@ if HAVE_TRITON:
         return g
 
     @triton.jit
-    def _mass_store(mass_ptr, o, g, inv_l, t_ok, NSEG: tl.constexpr, NSEG_P: tl.constexpr):
-        """``mass[o, :NSEG] = g / l`` (rows ``o``, masked by ``t_ok``)."""
+    def _store_stats(
+        ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr, o, t_ok, ent, g, inv_l, am, ent_l, aml,
+        NSEG: tl.constexpr, NSEG_P: tl.constexpr,
+    ):  # fmt: skip
+        """The epilogue of both kernels: the five statistics of rows ``o`` (masked by ``t_ok``), the masses as
+        ``mass[o, :NSEG] = g / l``."""
+        tl.store(ent_ptr + o, ent, mask=t_ok)
+        tl.store(arg_ptr + o, am, mask=t_ok)
+        tl.store(entl_ptr + o, ent_l, mask=t_ok)
+        tl.store(argl_ptr + o, aml, mask=t_ok)
         cols = tl.arange(0, NSEG_P)
         tl.store(
             mass_ptr + o[:, None] * NSEG + cols[None, :],
@@ -451,11 +459,8 @@ if HAVE_TRITON:
         ent_l = tl.where(n_l > 1, ent_l / log_n, 0.0)
         aml = tl.where(n_l > 0, aml, -1)
         o = out_off + (b * n_sel + hs) * T + offs_t
-        tl.store(ent_ptr + o, ent, mask=t_ok)
-        tl.store(arg_ptr + o, am, mask=t_ok)
-        tl.store(entl_ptr + o, ent_l, mask=t_ok)
-        tl.store(argl_ptr + o, aml, mask=t_ok)
-        _mass_store(mass_ptr, o, g, inv_l, t_ok, NSEG, NSEG_P)
+        _store_stats(ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr, o, t_ok, ent, g, inv_l, am, ent_l, aml,
+                     NSEG, NSEG_P)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ v2 kernel
     @triton.jit
@@ -697,11 +702,8 @@ if HAVE_TRITON:
             aml = tl.load(lidr + aml, mask=aml >= 0, other=-1)
         aml = tl.where(n_l > 0, aml, -1)
         o = out_off + (b * n_sel + hs) * T + offs_t
-        tl.store(ent_ptr + o, ent, mask=t_ok)
-        tl.store(arg_ptr + o, am, mask=t_ok)
-        tl.store(entl_ptr + o, ent_l, mask=t_ok)
-        tl.store(argl_ptr + o, aml, mask=t_ok)
-        _mass_store(mass_ptr, o, g, inv_l, t_ok, NSEG, NSEG_P)
+        _store_stats(ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr, o, t_ok, ent, g, inv_l, am, ent_l, aml,
+                     NSEG, NSEG_P)  # fmt: skip
 
 
 def _launch_plan(

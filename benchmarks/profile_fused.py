@@ -32,10 +32,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnlens.reducers.fused import VARIANTS, FusedConfig, reduce_fused  # noqa: E402
+from attnlens.reducers.fused import FusedConfig, reduce_fused  # noqa: E402
 
 H, KVH, D, GROUP = 16, 8, 128, 2
 N_LAYERS = 24
+
+# Named kernel configurations compared here: the plain formulas, one switch at a time, all switches (the library
+# runs DEFAULT_CONFIG, "all_nogqa" below); with gqa (G = 2 heads of a KV group per program) a program holds
+# G * block_t rows: 64 with block_t=32.
+_ALL = FusedConfig(block_t=32, exp2=True, gqa=True, lyric="share", order=True, argmax="eq")
+VARIANTS: dict[str, FusedConfig] = {
+    "plain": FusedConfig(),
+    "exp2": FusedConfig(exp2=True),
+    "gqa": FusedConfig(gqa=True, num_warps=8),
+    "gather": FusedConfig(lyric="gather"),
+    "share": FusedConfig(lyric="share"),
+    "order_gather": FusedConfig(lyric="gather", order=True),
+    "order_share": FusedConfig(lyric="share", order=True),
+    "pair": FusedConfig(argmax="pair"),
+    "eq": FusedConfig(argmax="eq"),
+    "all": _ALL,
+    "all_nogqa": replace(_ALL, gqa=False, block_t=64),
+    "all_noorder": replace(_ALL, order=False),
+}
 
 
 def song_layout(n_keys: int = 769) -> tuple[list[int], int]:
@@ -62,12 +81,11 @@ def bench_layout(n_keys: int = 769) -> tuple[list[int], int]:
 
 def sweep_configs(quick: bool = False) -> list[FusedConfig]:
     """The configurations to time: baselines, one switch at a time, then all switches with launch shapes."""
-    v1 = VARIANTS["baseline"]
-    one = [VARIANTS[n] for n in ("v2_plain", "v2_exp2", "v2_gather", "v2_share", "v2_order_share", "v2_pair")]
-    one += [VARIANTS["v2_eq"]]
+    plain = VARIANTS["plain"]
+    one = [VARIANTS[n] for n in ("exp2", "gather", "share", "order_share", "pair", "eq")]
     # gqa doubles the rows of a program (G = 2): compare at equal rows, 128, with 8 warps
-    one += [replace(VARIANTS["v2_plain"], block_t=128, num_warps=8), VARIANTS["v2_gqa"]]
-    n = VARIANTS["v2_all_nogqa"]  # all switches, one head per program (rows = block_t)
+    one += [replace(plain, block_t=128, num_warps=8), VARIANTS["gqa"]]
+    n = VARIANTS["all_nogqa"]  # all switches, one head per program (rows = block_t)
     alls = [replace(n, **s) for s in (
         dict(block_t=64, block_s=32, num_warps=4),
         dict(block_t=64, block_s=64, num_warps=4),
@@ -79,7 +97,7 @@ def sweep_configs(quick: bool = False) -> list[FusedConfig]:
         dict(block_t=64, block_s=32, num_warps=4, num_stages=2),
         dict(block_t=128, block_s=64, num_warps=8, maxnreg=128),
     )]  # fmt: skip
-    a = VARIANTS["v2_all"]  # gqa on: rows = 2 * block_t
+    a = VARIANTS["all"]  # gqa on: rows = 2 * block_t
     alls += [replace(a, **s) for s in (
         dict(block_t=32, block_s=64, num_warps=4),
         dict(block_t=32, block_s=32, num_warps=4),
@@ -89,9 +107,9 @@ def sweep_configs(quick: bool = False) -> list[FusedConfig]:
         dict(block_t=64, block_s=32, num_warps=8, num_stages=2),
     )]  # fmt: skip
     alls += [replace(n, block_s=32, order=False), replace(n, block_s=32, argmax="pair")]
-    cfgs = [v1, replace(v1, block_s=32)] + one + alls
+    cfgs = [plain, replace(plain, block_s=32)] + one + alls
     if quick:
-        cfgs = [v1, VARIANTS["v2_plain"], alls[0], alls[2], alls[11]]
+        cfgs = [plain, alls[0], alls[2], alls[11]]
     return cfgs
 
 

@@ -15,8 +15,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # tests/conftest.py sets TRITON_INTERPRET=1 (before Triton is imported) when no CUDA device is present, so the
 # kernel runs in Triton's CPU interpreter here. The interpreter evaluates masked-off lanes too, and numpy warns about
-# them: exp of a non-lyric key relative to the lyric maximum may overflow (then masked to 0), and v1 multiplies
-# 0 · -inf in padded lanes (then masked). The results are checked below.
+# them: exp of a non-lyric key relative to the lyric maximum may overflow (then masked to 0), and padded lanes may
+# multiply 0 · -inf (then masked). The results are checked below.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning"),
     pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning"),
@@ -31,6 +31,31 @@ def bf16_dot():
 
     with interpreter_bf16_dot():
         yield
+
+
+# kernel configurations under test: the plain formulas, one switch at a time, all switches (the library's default
+# is "all_nogqa"); with gqa a program holds 2 heads of a KV group
+_ALLSW = dict(exp2=True, lyric="share", order=True, argmax="eq")
+CONFIGS = {
+    "plain": {},
+    "exp2": dict(exp2=True),
+    "gqa": dict(gqa=True, num_warps=8),
+    "gather": dict(lyric="gather"),
+    "share": dict(lyric="share"),
+    "order_gather": dict(lyric="gather", order=True),
+    "order_share": dict(lyric="share", order=True),
+    "pair": dict(argmax="pair"),
+    "eq": dict(argmax="eq"),
+    "all": dict(_ALLSW, gqa=True, block_t=32),
+    "all_nogqa": dict(_ALLSW),
+    "all_noorder": dict(_ALLSW, gqa=True, block_t=32, order=False),
+}
+
+
+def _config(name, **kw):
+    from attnlens.reducers.fused import FusedConfig
+
+    return FusedConfig(**{**CONFIGS[name], **kw})
 
 
 def _case(B=2, T=70, H=4, KVH=2, D=16, S=100, seed=0):
@@ -104,8 +129,7 @@ def test_fused_equals_reference():
 
 # (case, heads): random segment codes with a lyric-less item and heads splitting a KV group (fp32, ragged T and S);
 # a runs layout with whole groups in shuffled order (bf16: G = 2 for gqa); lyric logits far below the maximum;
-# exact ties of the maximum between a header, a sung and a caption key. Not v1 on "runs_far": it sums e^(s-m) s
-# unshifted, and with logits ~200 its entropy is off by ~1e-5 (v2 sums e^(s-m) (s-m)).
+# exact ties of the maximum between a header, a sung and a caption key.
 _CASES = {
     "random_split_group": (dict(T=20, S=40), [0, 1, 3]),
     "runs_bf16_groups": (dict(dtype=torch.bfloat16, T=12), [3, 2, 0, 1]),
@@ -113,13 +137,13 @@ _CASES = {
     "runs_ties": (dict(ties=True, T=10), [2, 3]),
 }
 # every variant on two cases; on the others, the variants whose code paths the case is about
-_ALL = ["baseline", "v2_plain", "v2_exp2", "v2_gqa", "v2_gather", "v2_share", "v2_order_share", "v2_pair", "v2_eq",
-        "v2_all", "v2_all_noorder"]  # fmt: skip
+_ALL = ["plain", "exp2", "gqa", "gather", "share", "order_share", "pair", "eq",
+        "all", "all_noorder"]  # fmt: skip
 _PAIRS = (
     [(v, "random_split_group") for v in _ALL]
-    + [(v, "runs_bf16_groups") for v in _ALL + ["v2_order_gather"]]
-    + [(v, "runs_far") for v in ("v2_plain", "v2_share", "v2_order_share", "v2_all", "v2_all_noorder")]
-    + [(v, "runs_ties") for v in ("baseline", "v2_pair", "v2_eq", "v2_order_share", "v2_all", "v2_all_noorder")]
+    + [(v, "runs_bf16_groups") for v in _ALL + ["order_gather"]]
+    + [(v, "runs_far") for v in ("plain", "share", "order_share", "all", "all_noorder")]
+    + [(v, "runs_ties") for v in ("plain", "pair", "eq", "order_share", "all", "all_noorder")]
 )
 
 
@@ -134,13 +158,12 @@ def _case_tensors(name):
 
 @pytest.mark.parametrize(("variant", "case"), _PAIRS)
 def test_fused_variants_equal_reference(case, variant, bf16_dot):
-    from dataclasses import replace
 
-    from attnlens.reducers.fused import VARIANTS, reduce_fused
+    from attnlens.reducers.fused import reduce_fused
     from attnlens.reducers.stats import reduce_reference, segment_onehot
 
     q, k, seg, lidx, nl, heads = _case_tensors(case)
-    cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
+    cfg = _config(variant, block_t=16, block_s=16)
     out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg, n_seg=5)
     ref, _ = reduce_reference(q[:, :, heads], k, 0.25, heads // 2, segment_onehot(seg, 5), lidx, nl)
     _check(out, ref, (case, variant))
@@ -152,12 +175,11 @@ def test_fused_variants_equal_reference(case, variant, bf16_dot):
         assert (ref["argmax"] == 0).float().mean() > 0.1
 
 
-@pytest.mark.parametrize("variant", ["v2_all", "v2_all_noorder"])
-def test_fused_v2_whole_blocks_only(variant):
+@pytest.mark.parametrize("variant", ["all", "all_noorder"])
+def test_fused_whole_blocks_only(variant):
     """Keys that fill whole blocks (16 lyric + 16 others with block_s=16): the masked loop has nothing to do."""
-    from dataclasses import replace
 
-    from attnlens.reducers.fused import VARIANTS, key_plan, reduce_fused
+    from attnlens.reducers.fused import key_plan, reduce_fused
     from attnlens.reducers.stats import reduce_reference, segment_onehot
 
     g = torch.Generator().manual_seed(3)
@@ -167,7 +189,7 @@ def test_fused_v2_whole_blocks_only(variant):
     lidx = torch.where(seg == 0, torch.cumsum((seg == 0).long(), 1) - 1, -1)
     nl = (lidx >= 0).sum(1)
     heads = torch.tensor([1, 0], device=DEV)
-    cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
+    cfg = _config(variant, block_t=16, block_s=16)
     plan = key_plan(seg.int(), lidx.int(), 16, cfg.order)
     assert plan.nblk.tolist() == [[2, 2]]
     out = reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), config=cfg, n_seg=5)
@@ -183,11 +205,10 @@ def test_fused_v2_whole_blocks_only(variant):
         dict(block_t=32, block_s=16, num_warps=4, num_stages=3, maxnreg=128),
     ],
 )
-def test_fused_v2_block_shapes_and_batched_layers(cfg, bf16_dot):
+def test_fused_block_shapes_and_batched_layers(cfg, bf16_dot):
     """All switches on, other block shapes, several layers in one launch written to slots of step buffers."""
-    from dataclasses import replace
 
-    from attnlens.reducers.fused import VARIANTS, reduce_fused
+    from attnlens.reducers.fused import reduce_fused
     from attnlens.reducers.stats import reduce_reference, segment_onehot
 
     L = 3
@@ -204,7 +225,7 @@ def test_fused_v2_block_shapes_and_batched_layers(cfg, bf16_dot):
         "entropy_lyric": torch.full((L + 1, B, h, T), -7.0, device=DEV),
         "lyric_argmax": torch.full((L + 1, B, h, T), -7, device=DEV, dtype=torch.int32),
     }
-    config = replace(VARIANTS["v2_all"], **cfg)
+    config = _config("all", **cfg)
     reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=out, slot=1, config=config)
     onehot = segment_onehot(seg, 5)
     for li in range(L):
@@ -578,11 +599,10 @@ def _independent(q, k, scale, heads, group, codes, lidx, n_seg):
 
 
 @pytest.mark.parametrize("n_seg", [1, 3, 7])
-@pytest.mark.parametrize("variant", ["baseline", "v2_all_nogqa", "v2_plain"])
+@pytest.mark.parametrize("variant", ["plain", "all_nogqa", "plain"])
 def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
-    from dataclasses import replace
 
-    from attnlens.reducers.fused import VARIANTS, reduce_fused
+    from attnlens.reducers.fused import reduce_fused
 
     g = torch.Generator().manual_seed(n_seg)
     B, T, H, KVH, D, S = 2, 20, 4, 2, 16, 45
@@ -599,7 +619,7 @@ def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
     nl = (lidx >= 0).sum(1)
     heads = [0, 1, 2, 3]
     want, valid = _independent(q, k, 0.25, heads, 2, codes, lidx, n_seg)
-    cfg = replace(VARIANTS[variant], block_t=16, block_s=16)
+    cfg = _config(variant, block_t=16, block_s=16)
     out = reduce_fused(q, k, 0.25, torch.tensor(heads, dtype=torch.int32), 2, codes.int(), lidx.int(), nl.int(),
                        config=cfg, n_seg=n_seg)  # fmt: skip
     assert out["mass"].shape == (B, 4, T, n_seg)

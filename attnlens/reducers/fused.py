@@ -9,17 +9,14 @@ fp32 registers, the online-softmax state (running max ``m``, ``l = Σ e^{s-m}``)
     lyric-only   the same over keys in L: H_L = log l_L + m_L - (Σ_L e^{s-m_L} s) / l_L  (then / log n), argmax_L
 
 with ``g`` over the layout's ``n_seg`` segments (1 to 15, a compile-time constant: one accumulator column each, the
-count rounded up to a power of two). Masked keys (segment code ``MASKED_CODE``) are out of the softmax: the v2
-kernel's key plan leaves them out of its order, the v1 kernel sets their logits to ``-inf``; entropy is normalized by
+count rounded up to a power of two). Masked keys (segment code ``MASKED_CODE``) are out of the softmax: the key
+plan leaves them out of the order the kernel reads keys in; entropy is normalized by
 the log of each item's unmasked key count. These are exact rewrites of the reference definitions
 (:mod:`attnlens.reducers.stats`); only the summation order differs. Logits use ``tl.dot`` with fp32 accumulation (IEEE fp32 products for fp32 inputs, exact products for
 bf16/fp16 inputs). Needs CUDA, Triton and ``head_dim >= 16``; elsewhere the reference path runs.
 
-Two kernels, picked by :class:`FusedConfig` (``config=`` of :func:`reduce_fused`):
-
-- ``kernel="v1"`` (the default, ``VARIANTS["baseline"]``): the formulas above, one program per
-  (frame block, batch item, selected head), keys in packed order.
-- ``kernel="v2"``: the same statistics with switches, each an exact rewrite:
+One kernel, one program per (frame block, batch item, selected head or head group), configured by
+:class:`FusedConfig` (``config=`` of :func:`reduce_fused`); its switches are exact rewrites of the formulas above:
 
   - shifted sums: ``x = s - m`` is the exponent, ``P = Σ e^x x`` (always ``<= 0``) and ``H = log l - P / l``;
     a new maximum ``m' = m + δ`` rescales ``l' = e^{-δ} l`` and ``P' = e^{-δ} (P - δ l)``.
@@ -29,7 +26,7 @@ Two kernels, picked by :class:`FusedConfig` (``config=`` of :func:`reduce_fused`
   - ``gqa``: one program takes all selected query heads of one KV group (when the selection covers whole groups),
     their rows stacked, ``[G · BLOCK_T, D] @ [D, BLOCK_S]``: each key block is loaded once per group.
   - ``lyric``: ``"mask"`` (a masked second softmax over each block that holds lyric keys, lyric index by a masked
-    sum: as v1), ``"gather"`` (the same, but the lyric argmax is kept as a key position and mapped to its lyric
+    sum), ``"gather"`` (the same, but the lyric argmax is kept as a key position and mapped to its lyric
     index once at the end), ``"share"`` (as ``"gather"``, and blocks whose keys are all in L take their exponent
     relative to the lyric maximum ``m_L`` only: ``e^{s-m_L}`` serves both sums, the all-keys sums get the row
     factor ``w = e^{m_L - m}`` and ``P += w (P_L - (m - m_L) l_L)``; a factor that underflows drops only terms
@@ -38,7 +35,7 @@ Two kernels, picked by :class:`FusedConfig` (``config=`` of :func:`reduce_fused`
     with sung tokens interleaved with line breaks and tags, every key block becomes all-lyric or lyric-free (and
     mostly holds one segment). Ties of the all-keys argmax go to the smaller packed index, as in the reference.
   - ``argmax``: ``"pair"`` (one reduction of (value, index) pairs, ties to the left), ``"sep"`` (a max and an
-    argmax: as v1), ``"eq"`` (the max, then the first position holding it).
+    argmax), ``"eq"`` (the max, then the first position holding it).
   - blocks: the full key blocks come first, in a loop without any mask, then the partial ones (padding masked);
     a host-built descriptor per block says whether it is uniform in segment (one row sum per block) or which
     segments it holds (masked sums only for those), and whether it holds lyric keys, all lyric keys or none.
@@ -117,14 +114,10 @@ _ARGMAX_CODE = {"sep": 0, "pair": 1, "eq": 2}
 
 @dataclass(frozen=True)
 class FusedConfig:
-    """Kernel choice and launch parameters of :func:`reduce_fused` (see the module docstring).
+    """The kernel's switches and launch parameters (see the module docstring). ``None`` keeps Triton's default;
+    ``maxnreg`` caps the registers per thread (more programs per SM; spills if too low). The defaults are the plain
+    formulas; :data:`DEFAULT_CONFIG` is what the library runs."""
 
-    ``kernel="v1"`` uses only the launch parameters (``block_t``, ``block_s``, ``num_warps``, ``num_stages``,
-    ``maxnreg``); the switches apply to ``kernel="v2"``. ``None`` keeps Triton's default; ``maxnreg`` caps the
-    registers per thread (more programs per SM; spills if too low).
-    """
-
-    kernel: Literal["v1", "v2"] = "v1"
     block_t: int = 64
     block_s: int = 64
     num_warps: int = 4
@@ -137,8 +130,6 @@ class FusedConfig:
     argmax: ArgmaxMode = "sep"
 
     def __post_init__(self) -> None:
-        if self.kernel not in ("v1", "v2"):
-            raise ValueError(f"kernel must be 'v1' or 'v2'; got {self.kernel!r}")
         if self.lyric not in _LYRIC_CODE:
             raise ValueError(f"lyric must be one of {tuple(_LYRIC_CODE)}; got {self.lyric!r}")
         if self.argmax not in _ARGMAX_CODE:
@@ -149,53 +140,27 @@ class FusedConfig:
                 raise ValueError(f"{name} must be a power of two >= 16; got {v}")
 
     def label(self) -> str:
-        """Short name with every field that differs from the v1 defaults."""
+        """Short name with every field that differs from the plain defaults."""
         base = FusedConfig()
-        parts = [self.kernel, f"t{self.block_t}", f"s{self.block_s}", f"w{self.num_warps}"]
+        parts = [f"t{self.block_t}", f"s{self.block_s}", f"w{self.num_warps}"]
         if self.num_stages is not None:
             parts.append(f"st{self.num_stages}")
         if self.maxnreg is not None:
             parts.append(f"r{self.maxnreg}")
-        if self.kernel == "v2":
-            for name in ("exp2", "gqa", "order"):
-                if getattr(self, name):
-                    parts.append(name)
-            if self.lyric != base.lyric:
-                parts.append(f"lyr-{self.lyric}")
-            if self.argmax != base.argmax:
-                parts.append(f"arg-{self.argmax}")
+        for name in ("exp2", "gqa", "order"):
+            if getattr(self, name):
+                parts.append(name)
+        if self.lyric != base.lyric:
+            parts.append(f"lyr-{self.lyric}")
+        if self.argmax != base.argmax:
+            parts.append(f"arg-{self.argmax}")
         return "_".join(parts)
 
 
-# with gqa (G = 2 heads of a KV group per program) a program holds G * block_t rows: 64 with block_t=32
-_V2_ALL = FusedConfig(kernel="v2", block_t=32, exp2=True, gqa=True, lyric="share", order=True, argmax="eq")
-
-VARIANTS: dict[str, FusedConfig] = {
-    "baseline": FusedConfig(),
-    "v2_plain": FusedConfig(kernel="v2"),
-    "v2_exp2": FusedConfig(kernel="v2", exp2=True),
-    "v2_gqa": FusedConfig(kernel="v2", gqa=True, num_warps=8),
-    "v2_gather": FusedConfig(kernel="v2", lyric="gather"),
-    "v2_share": FusedConfig(kernel="v2", lyric="share"),
-    "v2_order_gather": FusedConfig(kernel="v2", lyric="gather", order=True),
-    "v2_order_share": FusedConfig(kernel="v2", lyric="share", order=True),
-    "v2_pair": FusedConfig(kernel="v2", argmax="pair"),
-    "v2_eq": FusedConfig(kernel="v2", argmax="eq"),
-    "v2_all": _V2_ALL,
-    "v2_all_nogqa": replace(_V2_ALL, gqa=False, block_t=64),
-    "v2_all_noorder": replace(_V2_ALL, order=False),
-}
-"""Named configurations: ``baseline`` is the original kernel; ``v2_*`` turn one switch on (or all)."""
-
-DEFAULT_CONFIG: FusedConfig = VARIANTS["v2_all_nogqa"]
-"""What :func:`reduce_fused` runs without ``config`` or block arguments (the capture session's calls).
-
-Chosen from ``benchmarks/profile_fused.py`` on an NVIDIA H100 (2026-11-26, Triton 3.6; 28 configurations): v2 with
-exp2, lyric-first key order, shared lyric exponent and ``eq`` argmax, 64×64 blocks, 4 warps — 0.064 / 0.023 /
-0.019 ms per layer at 3000 / 750 / 125 frames against the original kernel's 0.139 / 0.047 / 0.043 (2.2×, 2.0×,
-2.3×), 0.0025 ms per layer in the 24-layer batched launch (0.0060), same errors against the fp32 reference. The
-fastest at 3000 frames (GQA pairing, 8 warps, 128 registers: 0.057 ms) was not taken: it caps registers, which
-spills on newer Triton, and is slower at 125 frames."""
+DEFAULT_CONFIG = FusedConfig(block_t=64, exp2=True, lyric="share", order=True, argmax="eq")
+"""What :func:`reduce_fused` and the capture run: exp2, lyric-first key order, shared lyric exponent, ``eq`` argmax,
+64×64 blocks, 4 warps, one head per program (chosen by ``benchmarks/profile_fused.py``; its figures, with the
+machine and date, are in benchmarks/README.md, "The statistics kernel")."""
 
 
 # ---------------------------------------------------------------------------------------------- host-side plans
@@ -361,108 +326,7 @@ if HAVE_TRITON:
             mask=t_ok[:, None] & (cols[None, :] < NSEG),
         )
 
-    # All tensors are contiguous: q [B, T, H, D], k [B, S, KVH, D], seg/lidx [B, S], outputs [..., B, h, T(, NSEG)]
-    # starting at element ``out_off`` (the layer's slot in a per-step buffer). Integer arguments are not
-    # specialized, so one compiled kernel serves every length (and launching it stays cheap).
-    @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "H", "KVH", "n_sel", "group"])
-    def _stats_kernel(
-        q_ptr, k_ptr, seg_ptr, lidx_ptr, nlyr_ptr, heads_ptr, invlog_ptr,
-        ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
-        out_off, B, T, S, H, KVH, n_sel, group, scale,
-        D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, IEEE: tl.constexpr,
-        NSEG: tl.constexpr, NSEG_P: tl.constexpr,
-    ):  # fmt: skip
-        pid_t = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        pid_l = tl.program_id(2)  # layer within a batched call (0 for a single layer)
-        q_ptr += pid_l.to(tl.int64) * B * T * H * D
-        k_ptr += pid_l.to(tl.int64) * B * S * KVH * D
-        out_off += pid_l * B * n_sel * T
-        b = pid_bh // n_sel
-        hs = pid_bh % n_sel
-        h = tl.load(heads_ptr + hs)
-        kvh = h // group
-        sqt = H * D
-        sqb = T * sqt
-        sks = KVH * D
-        skb = S * sks
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-        offs_d = tl.arange(0, D)
-        t_ok = offs_t < T
-        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * D + offs_d[None, :], mask=t_ok[:, None], other=0.0)
-        neg_inf = float("-inf")
-        m = tl.full([BLOCK_T], neg_inf, tl.float32)
-        lsum = tl.zeros([BLOCK_T], tl.float32)
-        ps = tl.zeros([BLOCK_T], tl.float32)
-        am = tl.zeros([BLOCK_T], tl.int32)
-        g = tl.zeros([BLOCK_T, NSEG_P], tl.float32)
-        ml = tl.full([BLOCK_T], neg_inf, tl.float32)
-        ll = tl.zeros([BLOCK_T], tl.float32)
-        psl = tl.zeros([BLOCK_T], tl.float32)
-        aml = tl.full([BLOCK_T], -1, tl.int32)
-        for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            s_ok = offs_s < S
-            k = tl.load(
-                k_ptr + b * skb + offs_s[:, None] * sks + kvh * D + offs_d[None, :], mask=s_ok[:, None], other=0.0
-            )
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            seg = tl.load(seg_ptr + b * S + offs_s, mask=s_ok, other=-1)
-            lid = tl.load(lidx_ptr + b * S + offs_s, mask=s_ok, other=-1)
-            s_ok = s_ok & (seg != -2)  # a masked key (code -2) is out of the softmax
-            s = s * scale
-            s = tl.where(s_ok[None, :], s, neg_inf)
-            # all keys
-            bmax = tl.max(s, axis=1)
-            barg = tl.argmax(s, axis=1).to(tl.int32) + s0
-            am = tl.where(bmax > m, barg, am)
-            m_new = tl.maximum(m, bmax)
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(s - m_new[:, None])
-            p = tl.where(s_ok[None, :], p, 0.0)
-            rowsum = tl.sum(p, axis=1)
-            lsum = lsum * alpha + rowsum
-            ps = ps * alpha + tl.sum(tl.where(s_ok[None, :], p * s, 0.0), axis=1)
-            g = g * alpha[:, None]
-            # packed segments are contiguous runs: most key blocks lie in one segment and need no extra reduction
-            seg_lo = tl.min(tl.where(s_ok, seg, 127))
-            seg_hi = tl.max(tl.where(s_ok, seg, -127))
-            if seg_lo == seg_hi:
-                g = _mass_add_uniform(g, seg_lo, rowsum, NSEG_P)
-            else:
-                g = _mass_add_mixed(g, p, seg[None, :], seg_lo, seg_hi, 1.0, NSEG, NSEG_P)
-            m = m_new
-            # lyric keys only (skipped for blocks without any)
-            if tl.max(lid) >= 0:
-                in_l = lid[None, :] >= 0
-                sl = tl.where(in_l, s, neg_inf)
-                bmax_l = tl.max(sl, axis=1)
-                bpos_l = tl.argmax(sl, axis=1).to(tl.int32)
-                bidx_l = tl.sum(tl.where(tl.arange(0, BLOCK_S)[None, :] == bpos_l[:, None], lid[None, :], 0), axis=1)
-                aml = tl.where(bmax_l > ml, bidx_l, aml)
-                ml_new = tl.maximum(ml, bmax_l)
-                alpha_l = tl.where(ml_new == neg_inf, 1.0, tl.exp(ml - ml_new))
-                pl = tl.where(in_l, tl.exp(sl - ml_new[:, None]), 0.0)
-                ll = ll * alpha_l + tl.sum(pl, axis=1)
-                psl = psl * alpha_l + tl.sum(tl.where(in_l, pl * s, 0.0), axis=1)
-                ml = ml_new
-        n_l = tl.load(nlyr_ptr + b)
-        inv_l = 1.0 / lsum
-        ent = (tl.log(lsum) + m - ps * inv_l) * tl.load(invlog_ptr + b)
-        has_l = ll > 0
-        ll_safe = tl.where(has_l, ll, 1.0)
-        ent_l = tl.log(ll_safe) + tl.where(has_l, ml, 0.0) - psl / ll_safe
-        log_n = tl.log(tl.maximum(n_l, 2).to(tl.float32))
-        ent_l = tl.where(n_l > 1, ent_l / log_n, 0.0)
-        aml = tl.where(n_l > 0, aml, -1)
-        o = out_off + (b * n_sel + hs) * T + offs_t
-        _store_stats(ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr, o, t_ok, ent, g, inv_l, am, ent_l, aml,
-                     NSEG, NSEG_P)  # fmt: skip
-
-    # ------------------------------------------------------------------------------------------------ v2 kernel
+    # ----------------------------------------------------------------------------------------------- the kernel
     @triton.jit
     def _ex(x, EXP2: tl.constexpr):
         """``2^x`` (exp2) or ``e^x``."""
@@ -619,7 +483,7 @@ if HAVE_TRITON:
     # [B, 2]; program (frame block, batch item · head group, layer) takes the G selected heads tab[gi*G : gi*G+G]
     # (positions into heads), its rows stacked head after head.
     @triton.jit(do_not_specialize=["out_off", "B", "T", "S", "S_pad", "NB", "H", "KVH", "n_sel", "n_prog", "group"])
-    def _stats_kernel_v2(
+    def _stats_kernel(
         q_ptr, k_ptr, qoff_ptr, koff_ptr, ord_ptr, seg_ptr, lid_ptr, desc_ptr, nblk_ptr, nlyr_ptr, heads_ptr, tab_ptr,
         invlog_ptr, ent_ptr, mass_ptr, arg_ptr, entl_ptr, argl_ptr,
         out_off, B, T, S, S_pad, NB, H, KVH, n_sel, n_prog, group, scale, c,
@@ -742,7 +606,7 @@ def reduce_fused(
     block_t: int | None = None,
     block_s: int | None = None,
     num_warps: int | None = None,
-    config: FusedConfig | str | None = None,
+    config: FusedConfig | None = None,
     heads_list: list[int] | None = None,
     tables: TableArena | None = None,
     n_seg: int | None = None,
@@ -753,50 +617,22 @@ def reduce_fused(
     lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Several layers in one launch: lists of L query and L key
     tensors of one shape (read in place through a :func:`~attnlens.reducers.layer_table.layer_table`), or stacked
     q ``[L, B, T, H, D]`` and k ``[L, B, S, KVH, D]``, written to slots ``slot .. slot + L - 1``. Results go to ``out[name][slot]`` when
-    ``out`` holds contiguous buffers ``[n, B, h, T(, 5)]`` (a whole step's layers), else to new tensors
-    ``[B, h, T(, 5)]``. Returns the dict of output tensors.
+    ``out`` holds contiguous buffers ``[n, B, h, T(, n_seg)]`` (a whole step's layers), else to new tensors
+    ``[B, h, T(, n_seg)]`` (``n_seg`` then required). Returns the dict of output tensors.
 
-    ``config``: a :class:`FusedConfig` or a name in :data:`VARIANTS`; without it, :data:`DEFAULT_CONFIG`, or the
-    v1 kernel with ``block_t``, ``block_s``, ``num_warps`` when any is given. The v2 kernel needs ``scale > 0``
-    (the v1 kernel runs otherwise). ``heads_list``: ``heads`` as a host list, when the caller has it: the launch
+    ``config``: a :class:`FusedConfig`; without it, :data:`DEFAULT_CONFIG` (with ``block_t``, ``block_s``,
+    ``num_warps`` when any is given). The kernel needs ``scale > 0`` (it folds the scale into its exponent; the
+    reference path takes any scale). ``heads_list``: ``heads`` as a host list, when the caller has it: the launch
     plan then needs no read-back from the device. ``tables``: where the layers' offset tables go (a
     :class:`~attnlens.devices.TableArena` allocates nothing per launch); without it, a small upload per launch.
     """
-    if config is None and (block_t, block_s, num_warps) != (None, None, None):
-        cfg = FusedConfig(block_t=block_t or 64, block_s=block_s or 64, num_warps=num_warps or 4)
-    elif config is None:
-        cfg = DEFAULT_CONFIG
-    elif isinstance(config, str):
-        cfg = VARIANTS[config]
-    else:
-        cfg = config
-    if cfg.kernel == "v2" and not scale > 0:
-        cfg = replace(FusedConfig(), **{f: getattr(cfg, f) for f in ("block_t", "block_s", "num_warps", "num_stages")})
-    if cfg.kernel == "v2":
-        launcher = StatsLauncher(
-            scale, heads, group, seg_codes, lyric_index, n_lyric, cfg, heads_list, tables, n_seg=_n_seg(n_seg, out)
-        )
-        return launcher(q, k, out, slot)
-    if isinstance(q, (list, tuple)):  # v1: several layers stacked into one block
-        _check_lists(q, k)
-        q, k = torch.stack(list(q)), torch.stack(list(k))
-    n_layers = q.shape[0] if q.ndim == 5 else 1
-    B, T, H, D = q.shape[-4:]
-    S, KVH = k.shape[-3], k.shape[-2]
-    h = heads.numel()
-    if out is None:
-        out, slot = new_outputs(q.device, (n_layers,) if q.ndim == 5 else (), B, h, T, _n_seg(n_seg, out)), 0
-    q, k = q.contiguous(), k.contiguous()
-    grid = ((T + cfg.block_t - 1) // cfg.block_t, B * h, n_layers)
-    nseg = out["mass"].shape[-1]
-    _stats_kernel[grid](
-        q, k, seg_codes, lyric_index, n_lyric, heads, inv_log_keys(seg_codes),
-        out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
-        slot * B * h * T, B, T, S, H, KVH, h, group, float(scale),
-        D=D, BLOCK_T=cfg.block_t, BLOCK_S=cfg.block_s, IEEE=q.dtype == torch.float32, NSEG=nseg,
-        NSEG_P=triton.next_power_of_2(nseg), **_launch_options(cfg),
-    )  # fmt: skip
-    return out
+    if config is None:
+        sizes = {"block_t": block_t, "block_s": block_s, "num_warps": num_warps}
+        config = replace(DEFAULT_CONFIG, **{k: v for k, v in sizes.items() if v is not None})
+    launcher = StatsLauncher(
+        scale, heads, group, seg_codes, lyric_index, n_lyric, config, heads_list, tables, n_seg=_n_seg(n_seg, out)
+    )
+    return launcher(q, k, out, slot)
 
 
 def _check_lists(q: list | tuple, k: list | tuple) -> None:
@@ -877,9 +713,9 @@ class StatsLauncher:
     ):
         self.n_seg = _n_seg(n_seg, None)
         cfg = cfg or DEFAULT_CONFIG
-        if cfg.kernel != "v2" or not scale > 0:
+        if not scale > 0:
             raise ValueError(
-                f"StatsLauncher runs the v2 kernel with scale > 0; got kernel {cfg.kernel!r}, scale {scale}"
+                f"the statistics kernel needs an attention scale > 0; got {scale} (use the reference path)"
             )
         plan, tab, G = _launch_plan(seg_codes, lyric_index, heads, group, cfg, heads_list)
         self.tables = tables
@@ -929,7 +765,7 @@ class StatsLauncher:
         elif out["mass"].shape[-1] != self.n_seg:
             raise ValueError(f"the mass buffer holds {out['mass'].shape[-1]} segments; this launcher {self.n_seg}")
         grid = ((T + self.block_t - 1) // self.block_t, B * self.n_prog, n_layers)
-        _stats_kernel_v2[grid](
+        _stats_kernel[grid](
             q, k, q if qoff is None else qoff, k if koff is None else koff, *self._plan_args,
             out["entropy"], out["mass"], out["argmax"], out["entropy_lyric"], out["lyric_argmax"],
             slot * B * h * T, B, T, S, *self._shape_args, H, KVH, h, self.n_prog, self._group,

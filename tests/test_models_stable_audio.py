@@ -1,4 +1,5 @@
-"""The tiny offline Stable Audio pipeline, and captures of it: the layout recorded from the T5 tokens, CFG rows."""
+"""The tiny offline Stable Audio pipeline (time base, sequence lengths, guidance batch, T5-style tokenizer), and
+captures of it: the layout recorded from the T5 tokens, CFG rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 import attnlens as al
 from attnlens.adapters.stable_audio import STABLE_AUDIO_SEGMENTS
+from attnlens.models.t5_tokenizer import t5_style_tokenizer
 from attnlens.taps.hooks import attnlens_hooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torchsde's Brownian interval notes
@@ -54,7 +56,7 @@ def test_capture_of_the_pipeline_records_the_prompt_layout(pipe):
     it = cap.layout[0]
     assert it.n_keys == 16 + 2 and it.words == ["warm", "piano", "night"]
     L = it.lyric_positions()
-    assert "".join(it.tokens[k] for k in L) == "warm piano night"  # the prompt's tokens, labelled in order
+    assert [it.tokens[k] for k in L] == ["warm", "piano", "night"]  # the prompt's tokens, labelled in order
     assert sorted({it.word_index[k] for k in L}) == [0, 1, 2]
     assert it.segments[-2:] == ["seconds_start", "seconds_total"] and "prompt_special" in it.segments
     assert it.segments.count("padding") == 16 - sum(s in ("prompt", "prompt_special") for s in it.segments)
@@ -84,3 +86,59 @@ def test_capture_leaves_the_pipeline_output_bitwise_identical(pipe):
     with al.capture(pipe, maps=True):
         seen = _run(pipe, prompt="soft rain", guidance_scale=2.0)
     assert torch.equal(plain, seen)
+
+
+def test_t5_style_tokenizer_ids_padding_and_offsets():
+    tok = t5_style_tokenizer(16)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2) and tok.model_max_length == 16
+    text = "warm piano, Xylophonic dreams"
+    enc = tok(text, return_offsets_mapping=True)
+    ids, spans, pieces = enc.input_ids, enc.offset_mapping, tok.convert_ids_to_tokens(enc.input_ids)
+    assert ids[-1] == 1 and 1 not in ids[:-1] and pieces[:2] == ["▁warm", "▁piano"]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    covered = set()
+    for k, (piece, (s, e)) in enumerate(zip(pieces[:-1], spans[:-1])):
+        if piece == "▁":  # a lone word mark (a rare word follows in pieces): decodes to nothing, spans its first char
+            assert tok.decode([ids[k]]) == "" and (s, e) == tuple(spans[k + 1])
+            continue
+        assert text[s:e] == piece.lstrip("▁") == tok.decode([ids[k]])  # offsets exclude the space, decoding reads
+        covered |= set(range(s, e))
+    assert covered == {i for i, ch in enumerate(text) if ch != " "}  # every character once
+    assert tok("é").input_ids[-2] == tok.unk_token_id
+    pad = tok(["warm piano", " ".join(["sea"] * 30)], padding="max_length", truncation=True, max_length=16)
+    assert pad.input_ids[0] == [tok.convert_tokens_to_ids("▁warm"), tok.convert_tokens_to_ids("▁piano"), 1] + [0] * 13
+    assert pad.attention_mask[0] == [1, 1, 1] + [0] * 13
+    assert len(pad.input_ids[1]) == 16 and pad.input_ids[1][-1] == 1 and all(pad.attention_mask[1])
+
+
+def test_time_base_sequence_lengths_and_guidance_batch(pipe):
+    state = torch.random.get_rng_state()
+    small = al.models.tiny_stable_audio_pipeline(seed=3, config=al.models.TinyStableAudioConfig(sample_size=32))
+    assert torch.equal(torch.random.get_rng_state(), state)  # weights drawn without touching the global RNG
+    assert small.transformer.config.sample_size == 32 and pipe.transformer.config.sample_size == 64
+    assert pipe.vae.config.sampling_rate / pipe.vae.hop_length == pytest.approx(21.533, abs=1e-3)
+    assert pipe.vae.encode(torch.zeros(1, 2, 4 * 2048)).latent_dist.mean.shape == (1, 4, 4)  # what the DiT takes
+    seen = []
+    hooks = [
+        pipe.transformer.register_forward_pre_hook(lambda m, a: seen.append(("dit", tuple(a[0].shape)))),
+        pipe.transformer.transformer_blocks[0].register_forward_pre_hook(
+            lambda m, a, kw: seen.append(("block", tuple(kw["hidden_states"].shape))), with_kwargs=True
+        ),
+        pipe.transformer.transformer_blocks[0].attn2.register_forward_pre_hook(
+            lambda m, a, kw: seen.append(("keys", tuple(kw["encoder_hidden_states"].shape))), with_kwargs=True
+        ),
+    ]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            audio = pipe(prompt="warm piano", audio_end_in_s=2.0, num_inference_steps=2, guidance_scale=1.0).audios
+        plain = list(seen)
+        seen.clear()
+        _run(pipe, prompt="warm piano", negative_prompt="noise", guidance_scale=3.0, num_inference_steps=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert audio.shape == (1, 2, 2 * 44100)  # decoded at 44.1 kHz, cut to audio_end_in_s
+    # one query per latent plus the prepended global (timing + timestep) token; 16 text keys + 2 timing keys
+    assert plain == [("dit", (1, 4, 64)), ("block", (1, 65, 64)), ("keys", (1, 18, 32))] * 2
+    assert seen == [("dit", (2, 4, 64)), ("block", (2, 65, 64)), ("keys", (2, 18, 32))] * 2  # guidance: batch x 2

@@ -3,9 +3,9 @@
 Same classes as the real model (``StableAudioDiTModel``, ``StableAudioProjectionModel``, a T5 encoder,
 ``AutoencoderOobleck``, ``CosineDPMSolverMultistepScheduler``), the real time base (44.1 kHz audio, VAE hop 2048 →
 latents at 44100 / 2048 ≈ 21.53 Hz, one cross-attention query per latent) and the real head ratio (GQA: twice as
-many query heads as KV heads), with 2 layers and small widths so it runs on a CPU in seconds. The tokenizer is the
-library's offline byte-level BPE with T5's conventions: ``<pad>``, a closing ``</s>`` on every prompt, and a short
-``model_max_length`` (16; the real one is 128) so that prompts are padded.
+many query heads as KV heads), with 2 layers and small widths so it runs on a CPU in seconds. The tokenizer is an
+offline T5-style unigram model (:mod:`attnlens.models.t5_tokenizer`: ``▁``-marked words, ``<pad>`` 0, a closing
+``</s>`` 1, ``<unk>`` 2) with a short ``model_max_length`` (16; the real one is 128) so that prompts are padded.
 
 For real weights use the documented diffusers path::
 
@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import torch
 
-from .tokenizer import TOKENIZER_FILE
+from .t5_tokenizer import t5_style_tokenizer
 
 SAMPLE_RATE = 44100
 DOWNSAMPLING = (2, 4, 4, 8, 8)  # product 2048: Stable Audio Open's VAE hop
@@ -37,35 +36,11 @@ class TinyStableAudioConfig:
     head_dim: int = 16  # 64 (a power of two >= 16: the statistics kernel's smallest)
     latent_channels: int = 4  # 64
     sample_size: int = 64  # 1024 latents (47.5 s); 64 latents ≈ 2.97 s
-    conditioning_dim: int = 16  # 768
-    text_hidden: int = 16  # 768 (T5-base)
+    conditioning_dim: int = 32  # 768: the cross-attention keys' width, kv_heads x head_dim as in the real model
+    text_hidden: int = 32  # 768 (T5-base; equal to conditioning_dim, so the text projection is the identity)
     text_layers: int = 1  # 12
     vae_channels: int = 4  # 128
     max_tokens: int = 16  # 128 (T5's model_max_length in the real pipeline)
-
-
-@lru_cache(maxsize=4)
-def t5_style_tokenizer(max_tokens: int = 16):
-    """The offline byte-level BPE (``attnlens/models/data/tokenizer.json``) with T5's conventions: ``<pad>`` for
-    padding, ``</s>`` appended to every prompt, ``model_max_length`` ``max_tokens``. Offsets are exact."""
-    from importlib import resources
-
-    from tokenizers import Tokenizer, processors
-    from transformers import PreTrainedTokenizerFast
-
-    path = resources.files("attnlens.models") / "data" / TOKENIZER_FILE
-    tk = Tokenizer.from_str(path.read_text(encoding="utf-8"))
-    tk.add_special_tokens(["<pad>", "</s>"])
-    eos = tk.token_to_id("</s>")
-    tk.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]),
-        ]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", model_max_length=max_tokens, padding_side="right"
-    )
 
 
 def build_stable_audio_components(config: TinyStableAudioConfig | None = None, seed: int = 0) -> dict:
@@ -103,7 +78,7 @@ def build_stable_audio_components(config: TinyStableAudioConfig | None = None, s
                 d_kv=8,
                 d_ff=2 * c.text_hidden,
                 num_layers=c.text_layers,
-                num_heads=2,
+                num_heads=max(1, c.text_hidden // 8),
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -114,7 +89,7 @@ def build_stable_audio_components(config: TinyStableAudioConfig | None = None, s
         with warnings.catch_warnings():  # diffusers' Oobleck still uses the deprecated weight_norm helper
             warnings.simplefilter("ignore", FutureWarning)
             vae = AutoencoderOobleck(
-                encoder_hidden_size=c.vae_channels,
+                encoder_hidden_size=2 * c.latent_channels,  # the encoder emits mean and scale of each latent
                 downsampling_ratios=list(DOWNSAMPLING),
                 channel_multiples=[1, 1, 1, 1, 1],
                 decoder_channels=c.vae_channels,

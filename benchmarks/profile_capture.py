@@ -131,14 +131,14 @@ SECTIONS = {  # attribute of attnlens.captures.session -> what it covers
     "StatsLauncher.__init__": "launch plan and constant arguments, once per layout",
     "CaptureSession._new_step_buffers": "per-step output buffers",
     "CaptureSession._maps_of_run": "maps: probabilities of the stashed layers, a few layers per product (--maps)",
-    "CaptureSession._keep_maps": "maps: one copy of a group of layers' maps to pinned host memory (--maps)",
+    "MapsKeeper.keep": "maps: one copy of a group of layers' maps to pinned host memory (--maps)",
     "stats.layer_probabilities": "maps: the batched product and softmax (--maps)",
     "CaptureSession._on_step_end": "step end (includes the offload)",
     "CaptureSession._offload_step": "copies of a step's statistics to pinned host memory",
     "CaptureSession.__exit__": "hooks removed, finalize (includes the synchronization that waits for the GPU)",
     "CaptureSession._finalize": "finalize: wait for the GPU, check, assemble",
     "torch.cuda.synchronize": "finalize's wait for the GPU (the rest of finalize is host work)",
-    "CaptureSession._resolve_timesteps": "finalize: device timesteps read back and checked",
+    "StepClock.resolve_timesteps": "finalize: device timesteps read back and checked",
     "CaptureSession._assemble_stats": "finalize: statistics as one CPU tensor each",
     "CaptureSession._flag_nonfinite": "finalize: the check for non-finite entropies",
 }
@@ -154,7 +154,7 @@ def sections(captured, n: int) -> None:
 
     def wrap(owner, attr, label):
         fn = getattr(owner, attr)
-        saved[(owner, attr)] = fn
+        saved[(owner, attr)] = (fn, attr in vars(owner))  # inherited methods are wrapped on the class, then removed
 
         def timed(*a, **k):
             t0 = time.perf_counter()
@@ -165,9 +165,13 @@ def sections(captured, n: int) -> None:
 
         setattr(owner, attr, timed)
 
+    import attnlens.captures.maps as maps
+    import attnlens.captures.steps as steps
     import attnlens.reducers.fused as fused
 
     owners = {
+        "MapsKeeper": maps.MapsKeeper,
+        "StepClock": steps.StepClock,
         "": sess,
         "CaptureSession": sess.CaptureSession,
         "StatsLauncher": sess.StatsLauncher,
@@ -190,8 +194,11 @@ def sections(captured, n: int) -> None:
             for k in SECTIONS:
                 per_run[k].append(acc.get(k, 0.0))
     finally:
-        for (owner, attr), fn in saved.items():
-            setattr(owner, attr, fn)
+        for (owner, attr), (fn, own) in saved.items():
+            if own:
+                setattr(owner, attr, fn)
+            else:
+                delattr(owner, attr)
     print(f"==== sections: host ms per capture (median of {n}); wall {statistics.median(walls) * 1e3:.1f} ms")
     for k, what in SECTIONS.items():
         print(f"  {statistics.median(per_run[k]) * 1e3:8.3f}  {k:36s} {what}")

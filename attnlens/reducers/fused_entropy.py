@@ -110,6 +110,40 @@ if HAVE_TRITON:
             k_ptr += tl.load(koff_ptr + pid_l) * 16
         return q_ptr, k_ptr
 
+    @triton.jit
+    def _query_block(
+        q_ptr, pid_t, pid_bh, T, H, G, sqb, sqt, sqh, D: tl.constexpr, BLOCK_T: tl.constexpr,
+    ):  # fmt: skip
+        """The prologue of the row kernels: program ``(pid_t, pid_bh)``'s batch item, query head and its KV head,
+        frame offsets and their mask, and the query block ``[BLOCK_T, D]``."""
+        b = (pid_bh // H).to(tl.int64)
+        h = pid_bh % H
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < T
+        offs_d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
+        return b, h, h // G, offs_t, t_ok, q
+
+    @triton.jit
+    def _key_block_logits(
+        q, k_ptr, mask_ptr, idx_ptr, b, kvh, s0, S, scale, skb, sks, skh, smb, sib,
+        D: tl.constexpr, BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+        HAS_IDX: tl.constexpr,
+    ):  # fmt: skip
+        """One key block of the row kernels: the keys ``[BLOCK_S, D]``, the logits ``scale · q kᵀ`` (fp32) and which
+        keys count (inside ``S`` and, with a mask, kept by it)."""
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        in_s = offs_s < S
+        rows = _key_rows(idx_ptr, b, sib, offs_s, in_s, HAS_IDX)
+        k = tl.load(
+            k_ptr + b * skb + rows[:, None] * sks + kvh * skh + tl.arange(0, D)[None, :], mask=in_s[:, None], other=0.0
+        )
+        s = _dot(q, tl.trans(k), IEEE, UPCAST) * scale  # [BLOCK_T, BLOCK_S] fp32
+        ok = in_s
+        if HAS_MASK:
+            ok = ok & (tl.load(mask_ptr + b * smb + offs_s, mask=in_s, other=0) != 0)
+        return k, s, ok
+
     @triton.jit(do_not_specialize=["T", "S", "H", "G", "sl"])
     def _entropy_fwd_kernel(
         q_ptr, k_ptr, qoff_ptr, koff_ptr, mask_ptr, idx_ptr, w_ptr, h_ptr, lse_ptr, mean_ptr,
@@ -122,29 +156,16 @@ if HAVE_TRITON:
         pid_bh = tl.program_id(1)
         pid_l = tl.program_id(2).to(tl.int64)
         q_ptr, k_ptr = _layer_ptrs(q_ptr, k_ptr, qoff_ptr, koff_ptr, pid_l, LAYERS)
-        b = (pid_bh // H).to(tl.int64)
-        h = pid_bh % H
-        kvh = h // G
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-        offs_d = tl.arange(0, D)
-        t_ok = offs_t < T
-        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
+        b, h, kvh, offs_t, t_ok, q = _query_block(q_ptr, pid_t, pid_bh, T, H, G, sqb, sqt, sqh, D, BLOCK_T)
         # running max from a finite "minus infinity": e^{m - m'} and (m - m') · l stay free of NaN before a key
         m = tl.full([BLOCK_T], -1.0e30, tl.float32)
         lsum = tl.zeros([BLOCK_T], tl.float32)  # Σ e^{s-m}
         u = tl.zeros([BLOCK_T], tl.float32)  # Σ e^{s-m} (s - m)
         for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            in_s = offs_s < S
-            rows = _key_rows(idx_ptr, b, sib, offs_s, in_s, HAS_IDX)
-            k = tl.load(
-                k_ptr + b * skb + rows[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
-            )
-            s = _dot(q, tl.trans(k), IEEE, UPCAST)
-            s = s * scale  # [BLOCK_T, BLOCK_S] fp32
-            ok = in_s
-            if HAS_MASK:
-                ok = ok & (tl.load(mask_ptr + b * smb + offs_s, mask=in_s, other=0) != 0)
+            k, s, ok = _key_block_logits(
+                q, k_ptr, mask_ptr, idx_ptr, b, kvh, s0, S, scale, skb, sks, skh, smb, sib,
+                D, BLOCK_S, HAS_MASK, IEEE, UPCAST, HAS_IDX,
+            )  # fmt: skip
             s = tl.where(ok[None, :], s, -1.0e30)
             m_new = tl.maximum(m, tl.max(s, axis=1))
             alpha = tl.exp(m - m_new)
@@ -174,13 +195,8 @@ if HAVE_TRITON:
         q_ptr, k_ptr = _layer_ptrs(q_ptr, k_ptr, qoff_ptr, koff_ptr, pid_l, LAYERS)
         g_ptr += pid_l * sgl
         dq_ptr += pid_l * sdl
-        b = (pid_bh // H).to(tl.int64)
-        h = pid_bh % H
-        kvh = h // G
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        b, h, kvh, offs_t, t_ok, q = _query_block(q_ptr, pid_t, pid_bh, T, H, G, sqb, sqt, sqh, D, BLOCK_T)
         offs_d = tl.arange(0, D)
-        t_ok = offs_t < T
-        q = tl.load(q_ptr + b * sqb + offs_t[:, None] * sqt + h * sqh + offs_d[None, :], mask=t_ok[:, None], other=0.0)
         o = pid_l * sl + pid_bh.to(tl.int64) * T + offs_t
         lse = tl.load(lse_ptr + o, mask=t_ok, other=0.0)
         mean_s = tl.load(mean_ptr + o, mask=t_ok, other=0.0)
@@ -188,17 +204,10 @@ if HAVE_TRITON:
         g = g * _item_weight(w_ptr, b, w_all, HAS_W)
         acc = tl.zeros([BLOCK_T, D], tl.float32)
         for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            in_s = offs_s < S
-            rows = _key_rows(idx_ptr, b, sib, offs_s, in_s, HAS_IDX)
-            k = tl.load(
-                k_ptr + b * skb + rows[:, None] * sks + kvh * skh + offs_d[None, :], mask=in_s[:, None], other=0.0
-            )
-            s = _dot(q, tl.trans(k), IEEE, UPCAST)
-            s = s * scale
-            ok = in_s
-            if HAS_MASK:
-                ok = ok & (tl.load(mask_ptr + b * smb + offs_s, mask=in_s, other=0) != 0)
+            k, s, ok = _key_block_logits(
+                q, k_ptr, mask_ptr, idx_ptr, b, kvh, s0, S, scale, skb, sks, skh, smb, sib,
+                D, BLOCK_S, HAS_MASK, IEEE, UPCAST, HAS_IDX,
+            )  # fmt: skip
             p = tl.where(ok[None, :], tl.exp(s - lse[:, None]), 0.0)
             gs = -g[:, None] * p * (s - mean_s[:, None])  # ∂L/∂s [BLOCK_T, BLOCK_S]
             acc += _dot(gs.to(k.dtype), k, IEEE, UPCAST)

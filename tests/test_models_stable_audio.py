@@ -142,3 +142,14 @@ def test_time_base_sequence_lengths_and_guidance_batch(pipe):
     # one query per latent plus the prepended global (timing + timestep) token; 16 text keys + 2 timing keys
     assert plain == [("dit", (1, 4, 64)), ("block", (1, 65, 64)), ("keys", (1, 18, 32))] * 2
     assert seen == [("dit", (2, 4, 64)), ("block", (2, 65, 64)), ("keys", (2, 18, 32))] * 2  # guidance: batch x 2
+
+
+def test_an_unknown_character_is_a_prompt_token_not_a_special_one(pipe):
+    from attnlens.adapters.stable_audio import prompt_item
+
+    tok = pipe.tokenizer
+    enc = tok("café piano", padding="max_length", max_length=tok.model_max_length)
+    assert tok.unk_token_id in enc.input_ids
+    item = prompt_item(tok, enc.input_ids, enc.attention_mask)
+    unk_at = enc.input_ids.index(tok.unk_token_id)
+    assert item.segments[unk_at] == "prompt" and item.segments.count("prompt_special") == 1  # only </s>

@@ -36,7 +36,8 @@ def prompt_item(tokenizer: Any, ids: list[int], mask: list[int]) -> ItemLayout:
     """Layout of one row: its ``len(ids)`` text positions (valid tokens labelled and mapped to the prompt's words,
     special tokens as ``prompt_special``, masked positions as ``padding``), then ``seconds_start``, ``seconds_total``."""
     valid = [i for i, m in zip(ids, mask) if m]
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) - {unk}  # an unknown character is still prompt
     text = tokenizer.decode([i for i in valid if i not in special], skip_special_tokens=True)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     plain = [i for i in valid if i not in special]

@@ -36,10 +36,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_capture": ("attnlens.captures.io", "load_capture"),
     "analyze": ("attnlens.analyzers.table", "analyze"),
     "summarize_heads": ("attnlens.analyzers.table", "summarize_heads"),
-    "head_report": ("attnlens.analyzers.report", "head_report"),
+    "head_report": ("attnlens.analyzers.head_report", "head_report"),
     "find_alignment_heads": ("attnlens.analyzers.heads", "find_alignment_heads"),
     "align": ("attnlens.analyzers.align", "align"),
-    "lyrics_alignment_score": ("attnlens.analyzers.aas", "lyrics_alignment_score"),
+    "lyrics_alignment_score": ("attnlens.analyzers.alignment_score", "lyrics_alignment_score"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import attnlens as al
-from attnlens.analyzers.aas import scored_rows
+from attnlens.analyzers.alignment_score import scored_rows
 from attnlens.analyzers.synthetic import capture_from_maps, staircase_maps, synthetic_layout
 from attnlens.captures.result import NotCapturedError
 
@@ -116,7 +116,7 @@ def test_acestep_protocol_on_tiny_pipeline():
     pytest.importorskip("attnlens.captures.session", reason="capture core not available")
     import torch
 
-    from attnlens.analyzers.aas import acestep_protocol_score
+    from attnlens.analyzers.alignment_score import acestep_protocol_score
 
     pipe = al.models.tiny_pipeline(seed=0)
     kw = dict(prompt="folk", lyrics="[verse]\nwalking down the road")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..captures.result import Capture
 from ..metrics.wordalign import TokenAlignment, align_tokens, format_lrc
-from ._capture import lyric_maps, parse_heads
+from .capture_arrays import lyric_maps, parse_heads
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from ..captures.layout import ItemLayout, Layout
 from ..captures.result import Capture
-from ._capture import stats_from_maps
+from .capture_arrays import stats_from_maps
 
 
 def synthetic_layout(

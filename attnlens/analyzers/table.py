@@ -25,7 +25,7 @@ import pandas as pd
 from ..captures.layout import Layout
 from ..captures.result import Capture
 from ..metrics import sequence as seq
-from ._capture import capture_stats
+from .capture_arrays import capture_stats
 
 
 def mass_columns(layout: Layout) -> list[str]:

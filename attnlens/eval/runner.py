@@ -278,8 +278,8 @@ def run(
     sr = int(getattr(pipe, "sample_rate", 48_000))
     pairs = None
     if alignment_heads is not None:
-        from ..analyzers._capture import parse_heads
-        from ..analyzers.aas import DEFAULT_HEADS
+        from ..analyzers.alignment_score import DEFAULT_HEADS
+        from ..analyzers.capture_arrays import parse_heads
 
         pairs = parse_heads(DEFAULT_HEADS if alignment_heads == "default" else alignment_heads)
     bar = _progress(total, total - todo, progress, desc=f"eval rank {rank}/{world_size}" if world_size > 1 else "eval")
@@ -352,7 +352,7 @@ def run(
                     "world_size": world_size,
                 }
                 if cap is not None:
-                    from ..analyzers.aas import lyrics_alignment_score
+                    from ..analyzers.alignment_score import lyrics_alignment_score
 
                     row["aas"] = lyrics_alignment_score(cap, heads=pairs, step=-1, batch=j).score
                 if scorer is not None:

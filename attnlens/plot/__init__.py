@@ -2,7 +2,7 @@
 
     al.plot.heads(cap, step=-1)                          # one panel per head (mean over layers)
     al.plot.heads(cap, step=-1, layers=[3])              # the heads of layer 3
-    al.plot.map(cap, step=-1, layer=3, head=11)          # rows = lyric words, columns = seconds
+    al.plot.map(cap, step=-1, layer=3, head=11)          # rows = lyric words, columns = seconds (= attention_map)
     al.plot.compare({"baseline": a, "lora": b}, step=-1, reference="baseline")
     al.plot.scores(al.analyze(cap), "diagonal_score")    # layer × head matrix
     al.plot.explore(cap).write_html("explore.html")      # standalone interactive page
@@ -13,12 +13,15 @@ The numbers behind the figures: :func:`map_data` (rows × frames) and :func:`sco
 
 from ._data import MapData, Row, key_rows, map_data, pool_frames, score_matrix
 from .explore import ExplorerFigure, explore
-from .heatmaps import compare, heads, map
+from .heatmaps import attention_map, compare, heads
 from .save import save
 from .scores import scores
 
+map = attention_map  # noqa: A001 (the public name al.plot.map; attention_map says the same without the builtin's name)
+
 __all__ = [
     "ExplorerFigure",
+    "attention_map",
     "MapData",
     "Row",
     "compare",

@@ -162,7 +162,7 @@ def explore(
     height: int | None = None,
 ) -> ExplorerFigure:
     """Interactive explorer of the maps of one batch item: dropdowns for step, layer and head (``None`` = every
-    kept one), hover = token, time, weight. Rows as in :func:`attnlens.plot.map` (``keys``, ``merge``,
+    kept one), hover = token, time, weight. Rows as in :func:`attnlens.plot.attention_map` (``keys``, ``merge``,
     ``normalize``).
 
     Time is pooled (``pool``) to at most ``max_frames`` columns, fewer if the maps would hold more than

@@ -134,7 +134,7 @@ def _notes_line(mds: list[MapData]) -> str:
     return "; ".join(notes)
 
 
-def map(  # public name al.plot.map; shadows the builtin in this module only
+def attention_map(
     cap: Capture,
     step: int | str = -1,
     layer: int | list[int] | None = None,

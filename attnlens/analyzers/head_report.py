@@ -26,7 +26,7 @@ import pandas as pd
 from ..captures.result import Capture
 from ..files import atomic_write_json
 from ..metrics.sinks import sink_tokens
-from ._capture import capture_stats
+from .capture_arrays import capture_stats
 from .table import analyze
 
 _FIELDS = [

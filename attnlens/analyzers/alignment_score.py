@@ -18,7 +18,7 @@ from ..captures.layout import ItemLayout
 from ..captures.result import Capture
 from ..metrics.aas import LyricsAlignmentScore, tag_mask_from_tokens
 from ..metrics.aas import lyrics_alignment_score as _score
-from ._capture import lyric_maps, parse_heads
+from .capture_arrays import lyric_maps, parse_heads
 
 DEFAULT_HEADS: dict[int, list[int]] = {2: [6], 3: [10, 11], 4: [3], 5: [8, 9], 6: [8]}
 """ACE-Step's default heads: layer 2 head 6, layer 3 heads 10-11, layer 4 head 3, layer 5 heads 8-9, layer 6 head 8."""

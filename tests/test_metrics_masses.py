@@ -118,3 +118,27 @@ def test_masses_sum_to_one_and_entropies_in_range(raw):
         assert np.all((fs[k] >= 0) & (fs[k] <= 1 + 1e-6))
     e = M.entropy(Pm)
     assert np.all((e >= 0) & (e <= 1 + 1e-12))
+
+
+def test_the_reference_reducer_agrees_with_the_metric_definition_under_a_key_mask():
+    """reducers.stats (the capture's reference path, from q and k) against metrics.frame_stats (the definition, from
+    the maps): one definition, every implementation tested against it."""
+    from attnlens.captures import ItemLayout
+    from attnlens.reducers.stats import reduce_reference, segment_onehot
+    from attnlens.segments import Segments
+
+    voc = Segments(names=("text", "style", "pad"), sequence="text")
+    it = ItemLayout(segments=["text"] * 5 + ["style"] * 2 + ["pad"] * 3, vocabulary=voc)
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 6, 2, 8, generator=g), torch.randn(1, 10, 1, 8, generator=g)
+    valid = torch.tensor([[True, False, True, True, True, True, False, True, True, False]])
+    codes = torch.as_tensor(it.segment_codes())[None].masked_fill(~valid, -2)
+    lidx = torch.tensor([[0, -1, 2, 3, 4] + [-1] * 5])
+    stats, maps = reduce_reference(
+        q, k, 0.4, torch.tensor([0, 0]), segment_onehot(codes, 3), lidx, (lidx >= 0).sum(1), True, key_valid=valid
+    )
+    ref = frame_stats(maps[0], it, key_valid=valid[0])
+    for name in ("entropy", "mass", "entropy_lyric"):
+        assert torch.allclose(stats[name][0], ref[name], atol=1e-6), name
+    for name in ("argmax", "lyric_argmax"):
+        assert torch.equal(stats[name][0], ref[name]), name

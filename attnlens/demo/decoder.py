@@ -25,6 +25,9 @@ Ground-truth renders fall on an exact template (same duration, same interpolatio
 with cost ~ noise; the free amplitude ``a`` absorbs loudness jitter and a model's amplitude errors,
 and the duration tolerance absorbs timing errors. The segment costs and the programme are compiled
 with numba and use no BLAS (whose thread pool stalls on small matrices on a busy machine).
+
+The demo's word decoder (segment costs, the forced and free dynamic programs) is one algorithm; hence over 400
+lines.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ Word timings are exact: word ``i`` occupies latent frames ``[word_starts[i], wor
 ``word_starts[i] / 25`` to ``word_ends[i] / 25`` seconds (DiT frames are half as many: the DiT
 patchifies by 2). Train and test lines are split deterministically by a hash of the word sequence,
 so a test line is never seen in training whatever the sampling order.
+
+The demo task (vocabulary, songs, rendering, targets) is one specification; hence over 400 lines.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ projector / lyric encoder / timbre encoder and the packing ``[lyric | timbre | c
 packing is a concatenation; the timbre input is the all-zero silence latent, identical for every item, so the
 timbre encoder runs once per step). :func:`check_condition_matches_pipeline` verifies this against
 ``pipe.condition_encoder(...)`` as the pipeline calls it.
+
+The demo model's whole training recipe (the head guide, the task's groups, the loop) reads as one procedure; hence
+over 400 lines.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Rows (the y axis of every map) come from the batch item's :class:`~attnlens.capt
 ``normalize="lyric"`` renormalizes every frame over the keys of the view (docs/metrics/entropy.md:
 ``A[f, i] = P[f, L_i] / Σ_i P[f, L_i]``; over ``L`` for ``"words"``, over ``L`` plus header/tag keys for
 ``"lyrics"``), then sums pieces per row.
+
+The numbers behind every figure (rows, frames, pooling, normalization, score matrices) in one place, so that every
+figure draws the same numbers; hence over 400 lines.
 """
 
 from __future__ import annotations

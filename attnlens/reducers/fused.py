@@ -39,6 +39,9 @@ One kernel, one program per (frame block, batch item, selected head or head grou
   - blocks: the full key blocks come first, in a loop without any mask, then the partial ones (padding masked);
     a host-built descriptor per block says whether it is uniform in segment (one row sum per block) or which
     segments it holds (masked sums only for those), and whether it holds lyric keys, all lyric keys or none.
+
+The statistics kernel, its key plan and its launcher are one unit (the plan's layout is the kernel's contract);
+hence over 400 lines.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ Products use ``tl.dot`` with fp32 accumulation: bf16/fp16 inputs multiply in the
 kernel; ``gs`` is rounded to that dtype for the gradient products, as in the PyTorch path), fp32 inputs with IEEE
 fp32 products. Needs Triton and a power-of-2 ``head_dim`` in [16, 256]; CUDA tensors, or any tensors under
 ``TRITON_INTERPRET=1`` (the tests).
+
+The forward and the two backward Triton kernels share their helpers and launch code, and are checked against each
+other; hence over 400 lines.
 """
 
 from __future__ import annotations

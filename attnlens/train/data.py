@@ -13,6 +13,9 @@ Sources:
 Every builder checks the lyrics: a sample whose lyrics are missing, empty, or only structure tags such as
 ``[verse]`` has no sung words, and training on it teaches the model to ignore lyrics. The builder counts such
 samples and refuses to build unless ``allow_empty_lyrics=True``.
+
+Every dataset source (folders, GTSinger, prepared latents) with the validation that names the bad file and line
+lives here, so one DatasetError contract covers them all; hence over 400 lines.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Determinism: which samples, noise and times a step uses are drawn from generator
 ``(seed, step, micro-batch, process)``, so a resumed run sees exactly the data an uninterrupted one would; the
 global RNG state (LoRA dropout) is saved in checkpoints. On a CPU the final adapter of a resumed run is bitwise
 equal to that of an uninterrupted run.
+
+The trainer's loop, checkpoints, resume and validation share one state; hence over 400 lines.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "train": ("attnlens.train", None),
     "adapters": ("attnlens.adapters", None),
     "capture": ("attnlens.captures.session", "capture"),
+    "intervene": ("attnlens.interventions.intervene", "intervene"),
     "Capture": ("attnlens.captures.result", "Capture"),
     "Layout": ("attnlens.captures.layout", "Layout"),
     "load_capture": ("attnlens.captures.io", "load_capture"),

@@ -123,9 +123,22 @@ class FamilyBase:
 
     pipeline: Any | None = None
 
+    frame_slice: slice = slice(None)
+    """The query positions that are frames (Stable Audio: ``slice(1, None)``, its first position is a global token)."""
+
     def value_module(self, layer: int) -> nn.Module:
         """The cross-attention module's ``to_v`` (diffusers' name for the value projection)."""
         return self.cross_attention(layer).to_v
+
+    def value_of(self, output: torch.Tensor) -> torch.Tensor:
+        """The value ``[B, S, KVH, D]`` from the value module's output ``[B, S, KVH · D]`` (a view)."""
+        f = self.facts
+        return output.view(output.shape[0], output.shape[1], f.kv_heads, f.head_dim)
+
+    def out_module(self, layer: int) -> nn.Module:
+        """The output projection, whose input ``[B, N, H · D]`` holds every query head's output side by side (head
+        ``h`` at ``h·D .. h·D + D``): where an intervention replaces a head's output."""
+        return self.cross_attention(layer).to_out[0]
 
     def query_of(self, output: torch.Tensor) -> torch.Tensor:
         return output

@@ -1,7 +1,7 @@
 """The documentation builds and its code runs.
 
 - ``mkdocs build --strict`` (API reference from the docstrings included) builds without a warning;
-- every ```` ```python ```` block of README.md, docs/guide.md and docs/families.md runs, in order, one namespace per file, in a
+- every ```` ```python ```` block of README.md, docs/guide.md, docs/families.md and docs/interventions.md runs, in order, one namespace per file, in a
   temporary working directory; a block whose first line is ``# not run: <reason>`` is skipped (and must give a
   reason);
 - README's relative links point at files that exist.
@@ -100,6 +100,10 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
     skipped = run_blocks(ROOT / "README.md", tmp_path, monkeypatch)
     assert len(skipped) <= 1, f"README skips {len(skipped)} blocks: {skipped}"
     assert (tmp_path / "run.attn").is_file()  # the README example saved its capture where we ran it
+
+
+def test_interventions_blocks_run(tmp_path, monkeypatch):
+    assert run_blocks(ROOT / "docs" / "interventions.md", tmp_path, monkeypatch) == []
 
 
 def test_families_blocks_run(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ label per row itself (when the halves' keys differ, e.g. a negative prompt).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..segments import Segments
 from .layout import ItemLayout, Layout
@@ -71,3 +72,13 @@ def batch_layout(
         )
     full = layout if items == layout.items else Layout(items=items, source=layout.source)
     return BatchLayout(full, out_labels, True)
+
+
+def recorded_rows(recorder: Any, batch: int, args: tuple, kwargs: dict) -> tuple[Layout | None, list[str] | None]:
+    """What a family's layout recorder saw: ``recorder.rows(batch, args, kwargs)`` (a layout and a label per row)
+    when it has that method, else ``recorder.layout`` (labels from the batch size and the family's CFG order)."""
+    rows = getattr(recorder, "rows", None)
+    if rows is None:
+        return recorder.layout, None
+    got = rows(batch, args, kwargs)
+    return (None, None) if got is None else got

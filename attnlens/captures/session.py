@@ -38,7 +38,7 @@ from ..reducers.stats import layer_probabilities, reduce_reference
 from ..segments import MASKED_CODE
 from ..taps.hooks import HookScope, HookSet
 from ..taps.query_key import tap_query_key
-from .batch import BatchLayoutError, batch_layout
+from .batch import BatchLayoutError, batch_layout, recorded_rows
 from .device_tables import DEVICE_HEADS as _DEVICE_HEADS  # noqa: F401 (cleared by tests)
 from .device_tables import DEVICE_LAYOUTS as _DEVICE_LAYOUTS  # noqa: F401
 from .device_tables import device_heads, device_layout, key_valid, masked_layout
@@ -257,7 +257,7 @@ class CaptureSession(HookScope):
         mask = ad.key_mask_of_call(args, kwargs)
         layout, labels = self.user_layout, None
         if layout is None and self.recorder is not None:
-            layout, labels = _recorded_rows(self.recorder, B, args, kwargs)
+            layout, labels = recorded_rows(self.recorder, B, args, kwargs)
         key = (id(layout), B, S, None if mask is None else (id(mask), mask._version))
         if self._layout_cache is not None and self._layout_cache[0] == key:
             return  # as in the step before: labels, layout and device tensors stand
@@ -530,16 +530,6 @@ class CaptureSession(HookScope):
 def _is_compiled(model: Any) -> bool:
     """True for a module compiled in place (``model.compile()``) or wrapped by ``torch.compile``."""
     return getattr(model, "_compiled_call_impl", None) is not None or type(model).__name__ == "OptimizedModule"
-
-
-def _recorded_rows(recorder: Any, batch: int, args: tuple, kwargs: dict) -> tuple[Layout | None, list[str] | None]:
-    """What a family's layout recorder saw: ``recorder.rows(batch, args, kwargs)`` (a layout and a label per row)
-    when it has that method, else ``recorder.layout`` (labels from the batch size and the family's CFG order)."""
-    rows = getattr(recorder, "rows", None)
-    if rows is None:
-        return recorder.layout, None
-    got = rows(batch, args, kwargs)
-    return (None, None) if got is None else got
 
 
 def capture(

@@ -52,6 +52,7 @@ class StableAudioAdapter(FamilyBase):
     timestep_arg = ("timestep", 1)
     encoder_arg = ("encoder_hidden_states", 2)
     mask_arg = ("encoder_attention_mask", 7)
+    frame_slice = slice(1, None)  # position 0 of the queries is the prepended global token
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
@@ -109,7 +110,7 @@ class StableAudioAdapter(FamilyBase):
         """``to_q``'s output ``[B, 1 + T, H · D]`` -> the latent frames' queries ``[B, T, H, D]`` (a view: the
         prepended global token, position 0, is left out)."""
         B, n, _ = output.shape
-        return output.view(B, n, self.facts.heads, self.facts.head_dim)[:, 1:]
+        return output.view(B, n, self.facts.heads, self.facts.head_dim)[:, self.frame_slice]
 
     def key_of(self, output: torch.Tensor) -> torch.Tensor:
         """``to_k``'s output ``[B, S, KVH · D]`` -> ``[B, S, KVH, D]`` (a view)."""

@@ -41,6 +41,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "find_alignment_heads": ("attnlens.analyzers.heads", "find_alignment_heads"),
     "align": ("attnlens.analyzers.align", "align"),
     "lyrics_alignment_score": ("attnlens.analyzers.alignment_score", "lyrics_alignment_score"),
+    "route": ("attnlens.eval.route", "route"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

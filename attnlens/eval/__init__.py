@@ -8,6 +8,8 @@
     res = al.eval.run(pipe, suite, variants={"baseline": None, "lora": "runs/x/adapter"}, seeds=[0, 1, 2],
                       transcriber=asr, out_dir="eval/")
     al.eval.summarize(res); al.eval.winners(res); al.eval.compare(res, "lora", "baseline")
+    al.eval.evaluate_router(res, ["text", "facts"], prompts=suite)   # held-out: routed vs best single vs oracle
+    router = al.eval.fit_router(res, ["text", "facts"], prompts=suite); router.save("router.json")
 
 See docs/evaluation.md.
 """
@@ -16,6 +18,10 @@ from __future__ import annotations
 
 from .asr import Transcriber, Transcription, Word, resample_to_16k
 from .report import build_summary, write_report
+from .route import RouteLog, route
+from .router import Router, fit_router
+from .router_features import PromptInfo, attention_features
+from .routing import RoutingReport, evaluate_router, merge_grid
 from .runner import Variant, merge, parse_variants, run
 from .stats import Winners, bootstrap_mean_ci, compare, headline_table, summarize, winners
 from .store import ResultsFileError, read_results
@@ -24,6 +30,10 @@ from .text import cer, error_rates, is_non_speech, lyrics_to_reference, normaliz
 
 __all__ = [
     "PromptEntry",
+    "PromptInfo",
+    "RouteLog",
+    "Router",
+    "RoutingReport",
     "ResultsFileError",
     "Suite",
     "SuiteError",
@@ -32,19 +42,24 @@ __all__ = [
     "Variant",
     "Winners",
     "Word",
+    "attention_features",
     "bootstrap_mean_ci",
     "build_summary",
     "cer",
     "compare",
     "error_rates",
+    "evaluate_router",
+    "fit_router",
     "headline_table",
     "is_non_speech",
     "lyrics_to_reference",
     "merge",
+    "merge_grid",
     "normalize_text",
     "parse_variants",
     "read_results",
     "resample_to_16k",
+    "route",
     "run",
     "summarize",
     "wer",

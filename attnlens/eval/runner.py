@@ -37,18 +37,23 @@ CONFIG_KEYS: tuple[str, ...] = ("batch_size", "normalize", "output", "generate_k
 
 @dataclass(frozen=True)
 class Variant:
-    """A model variant: no adapter (``path=None``) or a LoRA adapter loaded into ``pipe.transformer``."""
+    """A model variant: no adapter (``path=None``), a LoRA adapter loaded into ``pipe.transformer``, or a router
+    (:class:`~attnlens.eval.Router`; ``path`` is its JSON file if it came from one) that picks one per prompt."""
 
     name: str
     path: str | None = None
     scale: float = 1.0
+    router: Any = None
 
 
 def parse_variants(variants: Mapping[str, Any] | None) -> list[Variant]:
     """``{"baseline": None, "lora": "runs/x/adapter", "half": {"path": ..., "scale": 0.5}}`` -> validated list.
 
-    Adapter paths must exist (checked here, before any generation).
+    Adapter paths must exist (checked here, before any generation). A :class:`~attnlens.eval.Router` or the path of
+    one saved as JSON (``.json``) makes a routed variant.
     """
+    from .router import Router
+
     if variants is None:
         variants = {"baseline": None}
     if not isinstance(variants, Mapping) or not variants:
@@ -58,6 +63,10 @@ def parse_variants(variants: Mapping[str, Any] | None) -> list[Variant]:
         if not isinstance(name, str) or not name or any(c in name for c in "/\\,\n"):
             raise ValueError(f"variant name {name!r} must be a non-empty string without '/', '\\\\', ',' or newline")
         scale = 1.0
+        if isinstance(spec, Router) or (isinstance(spec, (str, os.PathLike)) and os.fspath(spec).endswith(".json")):
+            router = spec if isinstance(spec, Router) else Router.load(spec)
+            out.append(Variant(name, None if isinstance(spec, Router) else os.fspath(spec), 1.0, router))
+            continue
         if isinstance(spec, Mapping):
             unknown = set(spec) - {"path", "scale"}
             if unknown:
@@ -99,18 +108,37 @@ def _env_int(name: str, default: int) -> int:
     return int(v) if v not in (None, "") else default
 
 
-class _AdapterSwitch:
+class AdapterSwitch:
     """Loads each adapter once into ``pipe.transformer`` and activates the one a variant needs."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self.loaded: set[str] = set()
 
+    def deactivate(self) -> None:
+        """No adapter active (the base model)."""
+        tr = getattr(self.pipe, "transformer", None)
+        if self.loaded and tr is not None:
+            tr.disable_lora()
+
+    def close(self, unload: bool = False) -> None:
+        """Disable LoRA, or with ``unload`` delete the adapters this switch loaded (LoRA left enabled, as on a fresh
+        model: an adapter loaded afterwards is active, not silently disabled)."""
+        tr = getattr(self.pipe, "transformer", None)
+        if not self.loaded or tr is None:
+            return
+        if unload:
+            tr.enable_lora()
+            tr.delete_adapters(sorted(self.loaded))
+            self.loaded.clear()
+        else:
+            with contextlib.suppress(Exception):
+                tr.disable_lora()
+
     def activate(self, v: Variant) -> None:
         tr = getattr(self.pipe, "transformer", None)
         if v.path is None:
-            if self.loaded and tr is not None:
-                tr.disable_lora()
+            self.deactivate()
             return
         if tr is None or not hasattr(tr, "load_lora_adapter"):
             raise TypeError(f"variant {v.name!r} needs pipe.transformer.load_lora_adapter (a diffusers model)")
@@ -250,6 +278,7 @@ def run(
     if reserved:
         raise ValueError(f"generate_kwargs may not set {sorted(reserved)}; they come from the suite and run()")
     units = _units(suite, vlist, seeds, batch_size)
+    routes = _routes(vlist, batch_size)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +289,10 @@ def run(
         "generate_kwargs": json.loads(json.dumps(gen_kwargs, default=str)),
         "audio_format": audio_format,
         "suite": suite.name,
-        "variants": {v.name: {"path": v.path, "scale": v.scale} for v in vlist},
+        "variants": {
+            v.name: {"path": v.path, "scale": v.scale, **({"router": True} if v.router is not None else {})}
+            for v in vlist
+        },
         "transcriber": repr(transcriber),
     }
     _check_config(out, config)
@@ -274,7 +306,7 @@ def run(
     total = sum(len(u[3]) for u in mine)
     todo = sum((e.id, v.name, s) not in store.done for _, v, s, es in mine for e in es)
     pending = [u for u in mine if any((e.id, u[1].name, u[2]) not in store.done for e in u[3])]
-    switch = _AdapterSwitch(pipe)
+    switch = AdapterSwitch(pipe)
     sr = int(getattr(pipe, "sample_rate", 48_000))
     pairs = None
     if alignment_heads is not None:
@@ -285,8 +317,23 @@ def run(
     bar = _progress(total, total - todo, progress, desc=f"eval rank {rank}/{world_size}" if world_size > 1 else "eval")
     try:
         for batch_index, variant, seed, entries in pending:
-            switch.activate(variant)
             gens = [torch.Generator().manual_seed(seed) for _ in entries]
+            call = dict(
+                prompt=[e.prompt for e in entries] if len(entries) > 1 else entries[0].prompt,
+                lyrics=[e.lyrics for e in entries] if len(entries) > 1 else entries[0].lyrics,
+                audio_duration=max(e.duration for e in entries),
+                vocal_language=[e.language for e in entries] if len(entries) > 1 else entries[0].language,
+                generator=gens if len(entries) > 1 else gens[0],
+                output_type="latent" if output == "latent" else "pt",
+                **gen_kwargs,
+            )
+            active, routed_to = variant, ""
+            if variant.router is not None:
+                from .route import choose_for_call
+
+                routed_to = choose_for_call(pipe, variant.router, call, switch)
+                active = routes[variant.name][routed_to]
+            switch.activate(active)
             t0 = time.perf_counter()
             cap_ctx = contextlib.nullcontext(None)
             if pairs is not None:
@@ -300,15 +347,7 @@ def run(
                     maps=True,
                 )
             with cap_ctx as cap:
-                result = pipe(
-                    prompt=[e.prompt for e in entries] if len(entries) > 1 else entries[0].prompt,
-                    lyrics=[e.lyrics for e in entries] if len(entries) > 1 else entries[0].lyrics,
-                    audio_duration=max(e.duration for e in entries),
-                    vocal_language=[e.language for e in entries] if len(entries) > 1 else entries[0].language,
-                    generator=gens if len(entries) > 1 else gens[0],
-                    output_type="latent" if output == "latent" else "pt",
-                    **gen_kwargs,
-                )
+                result = pipe(**call)
             gen_s = (time.perf_counter() - t0) / len(entries)
             items = result.audios if hasattr(result, "audios") else result[0]
             batch_ids = "|".join(e.id for e in entries)
@@ -340,8 +379,8 @@ def run(
                     "transcription": text,
                     "ground_truth": e.reference,
                     "n_words": len(words),
-                    "adapter": variant.path or "",
-                    "adapter_scale": variant.scale if variant.path else "",
+                    "adapter": active.path or "",
+                    "adapter_scale": active.scale if active.path else "",
                     "batch_size": batch_size,
                     "batch_index": batch_index,
                     "batch_ids": batch_ids,
@@ -351,6 +390,8 @@ def run(
                     "rank": rank,
                     "world_size": world_size,
                 }
+                if routes:
+                    row["routed_to"] = routed_to
                 if cap is not None:
                     from ..analyzers.alignment_score import lyrics_alignment_score
 
@@ -367,13 +408,24 @@ def run(
                     on_row(row)
     finally:
         bar.close()
-        tr = getattr(pipe, "transformer", None)
-        if switch.loaded and tr is not None:
-            with contextlib.suppress(Exception):
-                tr.disable_lora()
+        switch.close()
     if not results_path.exists():
         return pd.DataFrame()
     return read_results(results_path)
+
+
+def _routes(vlist: list[Variant], batch_size: int) -> dict[str, dict[str, Variant]]:
+    """For each routed variant, the variant behind each of its router's choices: the run's variant of that name,
+    else the adapter the router recorded. Routed variants generate one prompt per call."""
+    from .route import router_variants
+
+    plain = {
+        v.name: (None if v.path is None else {"path": v.path, "scale": v.scale}) for v in vlist if v.router is None
+    }
+    routes = {v.name: router_variants(v.router, plain) for v in vlist if v.router is not None}
+    if routes and batch_size != 1:
+        raise ValueError(f"routed variants {sorted(routes)} pick an adapter per prompt: they need batch_size=1")
+    return routes
 
 
 def merge(out_dir: str | os.PathLike) -> pd.DataFrame:

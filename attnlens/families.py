@@ -61,7 +61,8 @@ class Family(Protocol):
     pipeline: Any | None
     facts: AttentionFacts
     frame_rate: float
-    """cross-attention query frames per second."""
+    """cross-attention query frames per second (a family whose queries tile an image, not time, says 1.0 and gives
+    :meth:`query_grid`)."""
     segments: Segments
     """the family's key-segment vocabulary."""
     cfg_order: tuple[str, str]
@@ -99,6 +100,11 @@ class Family(Protocol):
     def encoder_length_of_call(self, args: tuple, kwargs: dict) -> int | None:
         """The number of keys ``S`` of the call, when it can be read from its arguments."""
 
+    def query_grid(self, args: tuple, kwargs: dict) -> tuple[int, int] | None:
+        """``(rows, cols)`` when the call's query positions tile an image (row-major: query ``n`` is the patch at row
+        ``n // cols``, column ``n % cols``), recorded as ``cap.model["query_grid"]``; ``None`` when they are frames in
+        time."""
+
     def layout_recorder(self) -> Any | None:
         """An object with ``attach(hooks)`` and ``layout`` (and optionally ``labels``) that records the key layout
         of a pipeline call, or ``None`` (bare transformer)."""
@@ -110,9 +116,10 @@ class Family(Protocol):
 class FamilyBase:
     """Defaults for a family: identity query/key (``query_key_modules`` emit ``[B, T, H, D]`` / ``[B, S, KVH, D]``),
     no key mask, the ``timestep`` argument (keyword or second positional) as the step, the first positional
-    argument's batch, ``encoder_hidden_states`` for the key count, conditional half first under CFG, no layout
-    recorder, ``to_v`` as the value projection. A family sets ``name``, ``segments``, ``transformer``, ``pipeline``,
-    ``facts``, ``frame_rate`` and implements ``accepts``, ``cross_attention`` and ``query_key_modules``."""
+    argument's batch, ``encoder_hidden_states`` for the key count, conditional half first under CFG, queries in time
+    (no image grid), no layout recorder, ``to_v`` as the value projection. A family sets ``name``, ``segments``,
+    ``transformer``, ``pipeline``, ``facts``, ``frame_rate`` and implements ``accepts``, ``cross_attention`` and
+    ``query_key_modules``."""
 
     name = "family"
     describes = "a model of this family"
@@ -169,6 +176,9 @@ class FamilyBase:
     def encoder_length_of_call(self, args: tuple, kwargs: dict) -> int | None:
         ehs = _argument(args, kwargs, *self.encoder_arg)
         return None if ehs is None else int(ehs.shape[1])
+
+    def query_grid(self, args: tuple, kwargs: dict) -> tuple[int, int] | None:
+        return None
 
     def layout_recorder(self) -> Any | None:
         return None

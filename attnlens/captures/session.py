@@ -215,6 +215,9 @@ class CaptureSession(HookScope):
             return
         self._step_pos = pos
         self._prepare_layout(args, kwargs)
+        grid = getattr(self.adapter, "query_grid", None)  # queries that tile an image: (rows, cols), row-major
+        if grid is not None and (rc := grid(args, kwargs)) is not None:
+            self.capture.model["query_grid"] = [int(rc[0]), int(rc[1])]
 
     def _abandon_call(self) -> None:
         """The current transformer call did not finish: what it stashed is dropped, and the step is named if the

@@ -67,14 +67,27 @@ def test_equal_variants_are_not_reported_better(rng_seed):
 
 
 def test_seed_table_routing_figures():
-    """The figures docs/evaluation.md gives for the seed's table (WER as published, normalize="lower")."""
+    """The figures docs/evaluation.md gives for the seed's table: WER as published (normalize="lower") and rescored
+    with Whisper's normalizer; leave one genre out, words + lyric facts."""
     df = pd.read_csv(SEED / "results.csv", keep_default_na=False)
-    rep = evaluate_router(df, ["text", "facts"])
-    s = rep.summary["wer_mean"].round(3)
-    assert rep.best_single == "lora"
-    assert (s["best single"], s["oracle"], s["random"]) == (0.465, 0.182, 0.616)
-    assert (s["routed"], s["single (train)"], round(rep.accuracy, 3)) == (0.554, 0.652, 0.267)
-    assert rep.verdict == "not distinguishable from the best single variant"
+    rescored = df.assign(wer=[al.eval.wer(r, h) for r, h in zip(df.ground_truth, df.transcription)])
+    expected = {  # system: (mean, lo, hi) as published, then rescored
+        "routed": ((0.554, 0.385, 0.740), (0.589, 0.418, 0.782)),
+        "best single": ((0.465, 0.302, 0.655), (0.446, 0.274, 0.647)),
+        "single (train)": ((0.652, 0.488, 0.829), (0.641, 0.467, 0.830)),
+        "oracle": ((0.182, 0.111, 0.263), (0.160, 0.094, 0.236)),
+        "random": ((0.616, 0.545, 0.690), (0.610, 0.534, 0.687)),
+    }
+    verdicts = ("not distinguishable", "worse")
+    for k, table in enumerate((df, rescored)):
+        rep = evaluate_router(table, ["text", "facts"])
+        got = rep.summary[["wer_mean", "wer_lo", "wer_hi"]].round(3)
+        assert {s: tuple(got.loc[s]) for s in expected} == {s: v[k] for s, v in expected.items()}
+        assert rep.best_single == "lora" and rep.verdict.startswith(verdicts[k])
+        assert round(rep.accuracy, 3) == (0.267, 0.2)[k]
+    words = evaluate_router(df, ["text"], n_resamples=100)
+    assert round(words.summary.loc["routed", "wer_mean"], 3) == 0.571 and words.verdict.startswith("not")
+    assert fit_router(df, ["text", "facts"]).vocabulary == ["w:pop", "w:rock"]
 
 
 def test_router_json_round_trip_and_refusals(tmp_path):
@@ -133,11 +146,28 @@ def test_runner_routed_variant(tmp_path):
     assert routed.adapter.tolist() == [str(adapter), "", str(adapter)]
     assert routed.wer.tolist() == [0.0, 0.5, 0.0]  # the fake ASR hears every word only with the adapter on
     assert set(res[res.variant != "routed"].routed_to) == {""}
+    again = run(pipe, suite, variants, seeds=[1], transcriber=FakeASR(suite), out_dir=tmp_path / "e2", progress=False)
+    assert again[again.variant == "routed"].routed_to.tolist() == ["lora", "baseline", "lora"]  # same pipe, twice
     with pytest.raises(ValueError, match="batch_size=1"):
         run(pipe, suite, variants, seeds=[0], transcriber=FakeASR(suite), out_dir=tmp_path / "b2", batch_size=2)
     with pytest.raises(KeyError, match="no adapter was given"):
         run(pipe, suite, {"routed": router}, seeds=[0], transcriber=FakeASR(suite), out_dir=tmp_path / "x")
     assert [v.router is not None for v in parse_variants(variants)] == [False, False, True]
+
+
+def test_cli_takes_a_router_variant_and_checks_it_before_loading(tmp_path):
+    from test_eval_cli import parse
+
+    from attnlens.eval.cli import main
+
+    df, texts = planted(n_per=2, seeds=1)
+    path = fit_router(df, ["text"], prompts=texts).save(tmp_path / "router.json")
+    base = ["--out", str(tmp_path), "--asr-model", "x", "--pipeline", "tiny"]
+    with pytest.raises(KeyError, match="may choose 'a' but no adapter was given"):
+        main(parse(["--variant", "c", "--variant", f"routed={path}", *base]))
+    with pytest.raises(ValueError, match="need batch_size=1"):
+        main(parse(["--variant", "a", "--variant", "b", "--variant", "c", "--variant", f"routed={path}", "--batch-size",
+                    "2", *base]))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- on the tiny pipeline
@@ -229,8 +259,8 @@ def test_merge_grid_writes_exact_combinations(tiny, tmp_path):
 
     _, paths = tiny
     grid = merge_grid(paths, tmp_path, step=0.5)
-    assert list(grid) == ["merge[a@0.5+b@0.5]"]
-    da, db, dm = delta_weights(paths["a"]), delta_weights(paths["b"]), delta_weights(grid["merge[a@0.5+b@0.5]"])
+    assert list(grid) == ["merge[a@0.5;b@0.5]"]
+    da, db, dm = delta_weights(paths["a"]), delta_weights(paths["b"]), delta_weights(grid["merge[a@0.5;b@0.5]"])
     assert all(torch.allclose(dm[m], 0.5 * da[m] + 0.5 * db[m], atol=1e-6) for m in da)
     assert len(merge_grid({**paths, "c": paths["a"]}, tmp_path / "q", step=0.25)) == 12  # 3 pairs x 3 + 3 triples
     with pytest.raises(ValueError, match="step must divide 1"):
@@ -241,10 +271,10 @@ def test_merged_variants_are_chosen_on_training_prompts():
     df, texts = planted(n_per=3, seeds=1)
     extra = []
     for pid in texts:
-        extra += [{"prompt_id": pid, "variant": "merge[a@0.5+b@0.5]", "seed": 0, "wer": 0.3}]
-        extra += [{"prompt_id": pid, "variant": "merge[a@0.5+c@0.5]", "seed": 0, "wer": 0.4}]
+        extra += [{"prompt_id": pid, "variant": "merge[a@0.5;b@0.5]", "seed": 0, "wer": 0.3}]
+        extra += [{"prompt_id": pid, "variant": "merge[a@0.5;c@0.5]", "seed": 0, "wer": 0.4}]
     df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
-    rep = evaluate_router(df, ["text"], prompts=texts, merged=["merge[a@0.5+b@0.5]", "merge[a@0.5+c@0.5]"])
-    assert rep.summary.loc["merged (train)", "chosen"] == "merge[a@0.5+b@0.5]"
+    rep = evaluate_router(df, ["text"], prompts=texts, merged=["merge[a@0.5;b@0.5]", "merge[a@0.5;c@0.5]"])
+    assert rep.summary.loc["merged (train)", "chosen"] == "merge[a@0.5;b@0.5]"
     assert rep.summary.loc["merged (train)", "wer_mean"] == pytest.approx(0.3)
-    assert "merge[a@0.5+b@0.5]" not in rep.per_prompt["routed"].tolist()
+    assert "merge[a@0.5;b@0.5]" not in rep.per_prompt["routed"].tolist()

@@ -32,8 +32,12 @@ class FakeTransformer:
         self.calls: list[tuple] = []
         self.active: str | None = None
         self.enabled = True
+        self.names: set[str] = set()
 
     def load_lora_adapter(self, path, adapter_name, use_safetensors=None):
+        if adapter_name in self.names:  # as diffusers refuses a name in use
+            raise ValueError(f"Adapter name {adapter_name} already in use in the model")
+        self.names.add(adapter_name)
         self.calls.append(("load", adapter_name))
 
     def set_adapters(self, names, weights):
@@ -45,6 +49,11 @@ class FakeTransformer:
 
     def disable_lora(self):
         self.enabled = False
+        self.active = None
+
+    def delete_adapters(self, names):
+        self.calls.append(("delete", tuple(names)))
+        self.names -= set(names)
         self.active = None
 
 
@@ -122,8 +131,9 @@ def test_full_run_rows_scores_audio_and_adapters(tmp_path, adapter):
         expected = 0.0 if r.variant == "lora" else 1 / n_words[r.prompt_id]
         assert r.wer == pytest.approx(expected, abs=1e-6)
     assert (res.batch_size == 1).all() and (res.batch_ids == res.prompt_id).all()
-    # adapter loaded once, baseline calls ran with no active adapter
+    # adapter loaded once, baseline calls ran with no active adapter; deleted at the end (a later run may load it)
     assert [c for c in pipe.transformer.calls if c[0] == "load"] == [("load", "lora")]
+    assert pipe.transformer.calls[-1] == ("delete", ("lora",)) and not pipe.transformer.names
     assert {c["active"] for c in pipe.calls[:6]} == {None} and {c["active"] for c in pipe.calls[6:]} == {"lora"}
     audio, sr = sf.read(tmp_path / "out" / res.artifact[0])
     assert sr == SR and audio.shape == (int(0.5 * SR), 2)

@@ -4,6 +4,7 @@ Examples::
 
     attnlens eval --pipeline ACE-Step/acestep-v15-turbo --suite builtin --variant baseline \\
         --variant lora=runs/x/adapter --seeds 0 1 2 --asr-model large-v3 --device cuda --out eval/
+    attnlens eval ... --variant baseline --variant lora=runs/x/adapter --variant routed=router.json --out eval2/
     attnlens eval --report-only --out eval/          # re-render summary.json / report.md / report.html
     attnlens eval --merge --out eval/                # combine results.rank*.csv of a multi-process run
 """
@@ -39,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="NAME[=ADAPTER[@SCALE]]",
-        help="a variant; repeat. Without '=' it runs with no adapter. Default: baseline",
+        help="a variant; repeat. Without '=' it runs with no adapter; NAME=ROUTER.json routes each prompt to the "
+        "variant a saved al.eval.Router picks (the other --variant flags or the router's own adapters; --batch-size 1)."
+        " Default: baseline",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: each entry's own seed)")
     p.add_argument("--out", default="eval", help="output folder (default: eval)")
@@ -95,9 +98,9 @@ def main(args: argparse.Namespace) -> int:
     else:
         suite = Suite.builtin() if args.suite == "builtin" else Suite.from_file(args.suite)
         variants = dict(_parse_variant(v) for v in (args.variant or ["baseline"]))
-        from .runner import parse_variants
+        from .runner import parse_variants, routed_variants
 
-        parse_variants(variants)  # fail on a bad adapter path before loading any model
+        routed_variants(parse_variants(variants), args.batch_size)  # fail on a bad adapter or router before loading
         asr = Transcriber(
             args.asr,
             model=args.asr_model,

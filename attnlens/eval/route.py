@@ -133,4 +133,4 @@ def route(pipe: Any, router: Router | str, adapters: Mapping[str, Any] | None = 
         yield log
     finally:
         pipe.__class__ = cls
-        switch.close(unload=True)
+        switch.close()

@@ -208,7 +208,7 @@ def merge_grid(
 
     Every weight vector with entries in multiples of ``step`` that sum to 1 and with at least ``min_adapters``
     non-zero entries (``step=0.5``: every pair averaged; ``0.25`` adds 1:3 mixtures and triples). Returns variant
-    name -> adapter folder, ``"merge[a@0.5+b@0.5]"`` -> ``out_dir/merge_a0.5_b0.5``, to pass to
+    name -> adapter folder, ``"merge[a@0.5;b@0.5]"`` -> ``out_dir/merge_a0.5_b0.5``, to pass to
     :func:`attnlens.eval.run` and then as ``merged=`` to :func:`evaluate_router`.
     """
     from ..train.lora import combine_adapters
@@ -222,7 +222,7 @@ def merge_grid(
         if sum(combo) != units or sum(c > 0 for c in combo) < min_adapters:
             continue
         w = {n: c / units for n, c in zip(names, combo) if c > 0}
-        name = "merge[" + "+".join(f"{n}@{x:g}" for n, x in w.items()) + "]"
+        name = "merge[" + ";".join(f"{n}@{x:g}" for n, x in w.items()) + "]"
         folder = os.path.join(os.fspath(out_dir), "merge_" + "_".join(f"{n}{x:g}" for n, x in w.items()))
         combine_adapters({n: adapters[n] for n in w}, weights=w, out=folder)
         out[name] = folder

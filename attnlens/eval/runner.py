@@ -113,7 +113,7 @@ class AdapterSwitch:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
-        self.loaded: set[str] = set()
+        self.loaded: dict[str, str] = {}  # variant name -> adapter name in the model
 
     def deactivate(self) -> None:
         """No adapter active (the base model)."""
@@ -121,19 +121,16 @@ class AdapterSwitch:
         if self.loaded and tr is not None:
             tr.disable_lora()
 
-    def close(self, unload: bool = False) -> None:
-        """Disable LoRA, or with ``unload`` delete the adapters this switch loaded (LoRA left enabled, as on a fresh
-        model: an adapter loaded afterwards is active, not silently disabled)."""
+    def close(self) -> None:
+        """Delete the adapters this switch loaded, so that the pipeline is left as it was found (a later run may load
+        adapters of the same names). LoRA is enabled first, as on a fresh model: an adapter loaded afterwards is
+        active, not silently disabled."""
         tr = getattr(self.pipe, "transformer", None)
         if not self.loaded or tr is None:
             return
-        if unload:
-            tr.enable_lora()
-            tr.delete_adapters(sorted(self.loaded))
-            self.loaded.clear()
-        else:
-            with contextlib.suppress(Exception):
-                tr.disable_lora()
+        tr.enable_lora()
+        tr.delete_adapters(sorted(self.loaded.values()))
+        self.loaded.clear()
 
     def activate(self, v: Variant) -> None:
         tr = getattr(self.pipe, "transformer", None)
@@ -143,10 +140,13 @@ class AdapterSwitch:
         if tr is None or not hasattr(tr, "load_lora_adapter"):
             raise TypeError(f"variant {v.name!r} needs pipe.transformer.load_lora_adapter (a diffusers model)")
         if v.name not in self.loaded:
-            tr.load_lora_adapter(v.path, adapter_name=v.name, use_safetensors=True)
-            self.loaded.add(v.name)
+            name = base = v.name.replace(".", "_")  # a module name of torch holds no "."
+            while name in self.loaded.values():
+                name = f"{base}_{len(self.loaded)}"
+            tr.load_lora_adapter(v.path, adapter_name=name, use_safetensors=True)
+            self.loaded[v.name] = name
         tr.enable_lora()
-        tr.set_adapters([v.name], weights=[v.scale])
+        tr.set_adapters([self.loaded[v.name]], weights=[v.scale])
 
 
 def _transcribe(transcriber: Any, x: Any, sr: int | None) -> tuple[str, list[Any]]:
@@ -278,7 +278,7 @@ def run(
     if reserved:
         raise ValueError(f"generate_kwargs may not set {sorted(reserved)}; they come from the suite and run()")
     units = _units(suite, vlist, seeds, batch_size)
-    routes = _routes(vlist, batch_size)
+    routes = routed_variants(vlist, batch_size)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -414,7 +414,7 @@ def run(
     return read_results(results_path)
 
 
-def _routes(vlist: list[Variant], batch_size: int) -> dict[str, dict[str, Variant]]:
+def routed_variants(vlist: list[Variant], batch_size: int) -> dict[str, dict[str, Variant]]:
     """For each routed variant, the variant behind each of its router's choices: the run's variant of that name,
     else the adapter the router recorded. Routed variants generate one prompt per call."""
     from .route import router_variants

@@ -121,8 +121,22 @@ def make_scorer(task: TinySongs, top_k: int = 4):
     return scorer
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def heldout_suite(
+    task: TinySongs, n: int, seed: int = 99, prefix: str = "line", name: str = "demo-heldout"
+) -> al.eval.Suite:
+    """``n`` held-out lines of the task (never seen in training) as an evaluation suite of 4 s prompts."""
+    return al.eval.Suite.from_records(
+        [
+            {"id": f"{prefix}{i:03d}", "caption": ex["caption"], "lyrics": ex["lyrics"], "duration": 4.0}
+            for i, ex in enumerate(task.make_dataset(n, seed=seed, split="test"))
+        ],
+        name=name,
+    )
+
+
+def study_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options of the study's training and evaluation (shared with route_study.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/mini_study")
     ap.add_argument("--steps", type=int, default=400, help="LoRA steps per variant")
     ap.add_argument("--batch", type=int, default=8)
@@ -132,22 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    task = demo_task()
+    return ap
+
+
+def train_all(task: TinySongs, args: argparse.Namespace) -> dict[str, str | None]:
+    """The baseline (no adapter) and every trained variant's adapter file (trained here unless already there)."""
     adapters: dict[str, str | None] = {"baseline": None}
     for name, spec in VARIANTS.items():
         t = time.perf_counter()
         adapters[name] = train_variant(name, spec, task, args)
         print(f"trained {name} in {time.perf_counter() - t:.1f} s -> {adapters[name]}", flush=True)
-    tests = task.make_dataset(args.lines, seed=99, split="test")
-    suite = al.eval.Suite.from_records(
-        [
-            {"id": f"line{i:03d}", "caption": ex["caption"], "lyrics": ex["lyrics"], "duration": 4.0}
-            for i, ex in enumerate(tests)
-        ],
-        name="demo-heldout",
-    )
+    return adapters
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = study_arguments(__doc__).parse_args(argv)
+    t0 = time.perf_counter()
+    task = demo_task()
+    adapters = train_all(task, args)
+    suite = heldout_suite(task, args.lines)
     dec = WordDecoder(task)
     pipe = al.models.demo_pipeline(device=args.device)
     results = al.eval.run(

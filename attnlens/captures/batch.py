@@ -82,3 +82,45 @@ def recorded_rows(recorder: Any, batch: int, args: tuple, kwargs: dict) -> tuple
         return recorder.layout, None
     got = rows(batch, args, kwargs)
     return (None, None) if got is None else got
+
+
+@dataclass(frozen=True)
+class CallKeys:
+    """What one transformer call says about its keys: batch size, key count, key mask, and the layout — the user's,
+    or what the family's recorder saw (with a label per row when it gives them)."""
+
+    batch: int
+    n_keys: int | None
+    mask: Any
+    layout: Layout | None
+    labels: list[str] | None
+    from_user: bool
+
+    @property
+    def key(self) -> tuple:
+        """Equal for calls whose rows, layout and mask are the same objects (their device tables can be reused)."""
+        m = self.mask
+        return (id(self.layout), self.batch, self.n_keys, None if m is None else (id(m), m._version))
+
+    def rows(self, vocabulary: Segments, cfg_order: tuple[str, str]) -> BatchLayout:
+        """:func:`batch_layout` of this call."""
+        return batch_layout(
+            self.layout, self.batch, self.n_keys, vocabulary, cfg_order, self.labels, from_user=self.from_user
+        )
+
+
+def call_keys(family: Any, recorder: Any, user_layout: Layout | None, args: tuple, kwargs: dict) -> CallKeys:
+    """Read a transformer call's keys through its ``family`` (batch, key count, mask) and its layout: ``user_layout``,
+    else what ``recorder`` recorded (:func:`recorded_rows`)."""
+    B = family.batch_of_call(args, kwargs)
+    layout, labels = user_layout, None
+    if layout is None and recorder is not None:
+        layout, labels = recorded_rows(recorder, B, args, kwargs)
+    return CallKeys(
+        batch=B,
+        n_keys=family.encoder_length_of_call(args, kwargs),
+        mask=family.key_mask_of_call(args, kwargs),
+        layout=layout,
+        labels=labels,
+        from_user=user_layout is not None,
+    )

@@ -38,7 +38,7 @@ from ..reducers.stats import layer_probabilities, reduce_reference
 from ..segments import MASKED_CODE
 from ..taps.hooks import HookScope, HookSet
 from ..taps.query_key import tap_query_key
-from .batch import BatchLayoutError, batch_layout, recorded_rows
+from .batch import BatchLayoutError, call_keys
 from .device_tables import DEVICE_HEADS as _DEVICE_HEADS  # noqa: F401 (cleared by tests)
 from .device_tables import DEVICE_LAYOUTS as _DEVICE_LAYOUTS  # noqa: F401
 from .device_tables import device_heads, device_layout, key_valid, masked_layout
@@ -255,25 +255,11 @@ class CaptureSession(HookScope):
 
     def _prepare_layout(self, args, kwargs) -> None:
         ad = self.adapter
-        B = ad.batch_of_call(args, kwargs)
-        S = ad.encoder_length_of_call(args, kwargs)
-        mask = ad.key_mask_of_call(args, kwargs)
-        layout, labels = self.user_layout, None
-        if layout is None and self.recorder is not None:
-            layout, labels = recorded_rows(self.recorder, B, args, kwargs)
-        key = (id(layout), B, S, None if mask is None else (id(mask), mask._version))
-        if self._layout_cache is not None and self._layout_cache[0] == key:
+        call = call_keys(ad, self.recorder, self.user_layout, args, kwargs)
+        if self._layout_cache is not None and self._layout_cache[0] == call.key:
             return  # as in the step before: labels, layout and device tensors stand
         try:
-            rows = batch_layout(
-                layout,
-                B,
-                S,
-                self.vocabulary,
-                ad.cfg_order,
-                labels,
-                from_user=self.user_layout is not None,
-            )
+            rows = call.rows(self.vocabulary, ad.cfg_order)
         except BatchLayoutError as e:
             raise CaptureError(str(e)) from None
         if not rows.known and not self.capture.meta.get("layout_warning"):
@@ -284,10 +270,10 @@ class CaptureSession(HookScope):
         self.capture.layout = rows.layout
         dev = self._q_index.device
         tensors = device_layout(rows.layout.items, len(self.vocabulary), dev)
-        if mask is not None:
-            tensors = masked_layout(tensors, key_valid(mask, B, S, dev))
+        if call.mask is not None:
+            tensors = masked_layout(tensors, key_valid(call.mask, call.batch, call.n_keys, dev))
             self.capture.meta["key_mask"] = True
-        self._layout_cache = (key, *tensors)
+        self._layout_cache = (call.key, *tensors)
 
     # ------------------------------------------------------------- reducers
     def _is_active(self) -> bool:

@@ -30,8 +30,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..captures.batch import BatchLayoutError, batch_layout, recorded_rows
-from ..captures.selection import as_layout, normalize_selection
+from ..captures.batch import BatchLayoutError, call_keys
+from ..captures.device_tables import key_valid
+from ..captures.selection import CaptureError, as_layout, normalize_selection
 from ..captures.steps import StepClock
 from ..families import resolve
 from ..taps.hooks import HookScope, HookSet
@@ -173,27 +174,27 @@ class Intervention(HookScope):
 
     def _prepare_rows(self, args, kwargs) -> None:
         fam = self.family
-        B = fam.batch_of_call(args, kwargs)
-        S = fam.encoder_length_of_call(args, kwargs)
-        mask = fam.key_mask_of_call(args, kwargs)
-        layout, labels = self.user_layout, None
-        if layout is None and self.recorder is not None:
-            layout, labels = recorded_rows(self.recorder, B, args, kwargs)
-        key = (id(layout), B, S, None if mask is None else (id(mask), mask._version))
-        if self._rows is not None and self._rows[0] == key:
+        call = call_keys(fam, self.recorder, self.user_layout, args, kwargs)
+        if self._rows is not None and self._rows[0] == call.key:
             return
-        if layout is None:
+        if call.layout is None:
             raise InterventionError(
                 "steering and uniform attention over a segment need the key layout: capture the pipeline, or pass "
                 "layout=... for a bare transformer"
             )
         try:
-            rows = batch_layout(layout, B, S, fam.segments, fam.cfg_order, labels, self.user_layout is not None)
+            rows = call.rows(fam.segments, fam.cfg_order)
         except BatchLayoutError as e:
             raise InterventionError(str(e)) from None
         codes = torch.as_tensor(np.stack([it.segment_codes() for it in rows.layout.items]), dtype=torch.long)
-        valid = torch.ones_like(codes, dtype=torch.bool) if mask is None else mask.detach().cpu().bool()
-        self._rows = (key, codes, valid)
+        cpu = torch.device("cpu")
+        valid = torch.ones_like(codes, dtype=torch.bool)
+        if call.mask is not None:
+            try:
+                valid = key_valid(call.mask, call.batch, call.n_keys, cpu)
+            except CaptureError as e:
+                raise InterventionError(str(e)) from None
+        self._rows = (call.key, codes, valid)
 
     # ------------------------------------------------------------------ taps
     def _on_qk(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:

@@ -107,3 +107,56 @@ def test_whisper_rule_matches_peer_on_large_matrix():
     x = -(np.random.default_rng(7).random((300, 512)) ** 2)
     rows, cols = dtw(x, rule="whisper")
     assert np.array_equal(np.stack([rows, cols]), whisper_timing.dtw_cpu(x))
+
+
+def test_whisper_rule_smallest_near_tie():
+    # E·3 = [[1,3],[1,1],[3,3]], cost -E² in float32: two paths whose sums differ only in the last float32 bit.
+    # Whisper's numba table is float64 (a float32 array times inf is typed float64), so it sees them apart.
+    E = np.array([[1, 3], [1, 1], [3, 3]], dtype=np.float32) / np.float32(3)
+    x = -(E**2)
+    want = whisper_timing.dtw_cpu(x)
+    assert want.tolist() == [[0, 1, 2, 2], [0, 0, 0, 1]]
+    rows, cols = dtw(x, rule="whisper")
+    assert np.stack([rows, cols]).tolist() == want.tolist()
+
+
+def _tie_heavy_costs(rng, n):
+    """Small matrices with exact and near ties: integer costs and -E² of E on a grid of thirds (float32)."""
+    for k in range(n):
+        N, M = int(rng.integers(1, 9)), int(rng.integers(1, 12))
+        if k % 2 == 0:
+            yield rng.integers(-2, 3, size=(N, M)).astype(np.float64)
+        else:
+            E = rng.integers(0, 4, size=(N, M)).astype(np.float32) / np.float32(3)
+            yield -(E**2)
+
+
+def test_whisper_rule_equals_whisper_on_tie_heavy_costs():
+    # 400 small integer and -E² (float32) matrices: the paths must be Whisper's own, element for element
+    rng = np.random.default_rng(2024)
+    n_diff_from_exact = 0
+    for x in _tie_heavy_costs(rng, 400):
+        want = whisper_timing.dtw_cpu(x)
+        rows, cols, total = dtw(x, rule="whisper", return_cost=True)
+        assert np.array_equal(np.stack([rows, cols]), want), x
+        assert total == pytest.approx(path_cost(x, rows, cols), abs=1e-9)
+        n_diff_from_exact += not np.array_equal(np.stack(dtw(x)), want)
+    # the inputs really are tie-heavy: the exact rule's tie-breaking picks another path on many of them
+    assert n_diff_from_exact > 20
+
+
+def test_lyrics_score_path_is_whisper_dtw_on_tie_heavy_maps():
+    # ACE-Step's scorer runs dtw_cpu (Whisper's code) on -(E²) in float32; the score's path must be that path
+    from attnlens.metrics import lyrics_alignment_score
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        N, F = int(rng.integers(2, 7)), int(rng.integers(2, 10))
+        maps = rng.integers(0, 4, size=(N, F)).astype(np.float32)
+        if maps.max() == maps.min():
+            continue
+        r = lyrics_alignment_score(maps)
+        E = (maps - maps.min()) / (maps.max() - maps.min())
+        want = whisper_timing.dtw_cpu(-(E**2).astype(np.float32))
+        assert np.array_equal(r.path, want)
+        assert r.confidence == pytest.approx(float(E.astype(np.float64)[want[0], want[1]].mean()), abs=1e-12)

@@ -9,10 +9,13 @@ By convention (Whisper's and ACE-Step's) rows are tokens and columns are time fr
 
 ``rule="exact"`` (default): ``D`` in float64; the step is a true minimum; ties go to the time step (0, 1), then to
     the diagonal, then to the token step (1, 0). The path is always a minimum-cost path.
-``rule="whisper"``: bit-for-bit the rule of ``whisper.timing.dtw_cpu`` and ACE-Step's ``dtw_cpu``: ``D`` stored in
-    float32; the diagonal is taken only if strictly smaller than both others, the token step only if strictly
-    smaller than both others, otherwise the time step — so when the diagonal and token steps tie below the time step,
-    the (costlier) time step is taken. Use it to reproduce those programs' paths exactly.
+``rule="whisper"``: bit-for-bit the rule of ``whisper.timing.dtw_cpu`` and ACE-Step's ``dtw_cpu``: the diagonal is
+    taken only if strictly smaller than both others, the token step only if strictly smaller than both others,
+    otherwise the time step — so when the diagonal and token steps tie below the time step, the (costlier) time step
+    is taken. ``D`` in float64, as those programs really run: their source writes
+    ``np.ones(..., dtype=np.float32) * np.inf``, but inside their numba function that product is typed float64
+    (a float32 array times a float64 scalar), so the table, and every sum stored in it, is float64. Use it to
+    reproduce those programs' paths exactly.
 
 ``path_cost(cost, path)`` sums the cost along a path.
 """
@@ -58,7 +61,7 @@ def _dtw_exact(x):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _dtw_whisper(x):  # pragma: no cover - compiled
     N, M = x.shape
-    D = np.empty((N + 1, M + 1), dtype=np.float32)
+    D = np.empty((N + 1, M + 1), dtype=np.float64)  # numba types whisper's float32 * inf table float64
     trace = np.empty((N + 1, M + 1), dtype=np.int8)
     D[0, :] = np.inf
     D[:, 0] = np.inf
@@ -77,9 +80,9 @@ def _dtw_whisper(x):  # pragma: no cover - compiled
             else:
                 c = c2
                 t = 2
-            D[i, j] = x[i - 1, j - 1] + np.float64(c)  # float64 add, stored as float32 (as whisper does)
+            D[i, j] = x[i - 1, j - 1] + c
             trace[i, j] = t
-    return _backtrace(trace, N, M), np.float64(D[N, M])
+    return _backtrace(trace, N, M), D[N, M]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,9 @@ class RouteLog:
 
 
 @contextlib.contextmanager
-def route(pipe: Any, router: Router | str, adapters: Mapping[str, Any] | None = None) -> Iterator[RouteLog]:
+def route(
+    pipe: Any, router: Router | str | os.PathLike, adapters: Mapping[str, Any] | None = None
+) -> Iterator[RouteLog]:
     """Within the block, each ``pipe(...)`` call runs with the adapter ``router`` picks for its prompt.
 
     Args:
@@ -101,7 +104,7 @@ def route(pipe: Any, router: Router | str, adapters: Mapping[str, Any] | None = 
 
     Yields a :class:`RouteLog` whose ``choices`` grow by one per call.
     """
-    router = Router.load(router) if isinstance(router, str) else router
+    router = Router.load(router) if isinstance(router, (str, os.PathLike)) else router
     variants = router_variants(router, adapters)
     switch = AdapterSwitch(pipe)
     log = RouteLog()

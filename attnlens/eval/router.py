@@ -39,6 +39,7 @@ from .router_features import (
     words,
 )
 from .stats import _check, prompt_column
+from .suite import Suite
 
 FORMAT = "attnlens.router"
 VERSION = 1
@@ -115,7 +116,8 @@ def build_problem(
         if isinstance(f, str) and f == "attention":
             if pipe is None:
                 raise ValueError("features 'attention' need pipe= (the base model to read one sampling step of)")
-            f = attention_features(pipe, [infos[p] for p in ids], generate_kwargs=generate_kwargs)
+            given = [prompts[p] if isinstance(prompts, Suite) else infos[p] for p in ids]  # entries keep their seeds
+            f = attention_features(pipe, given, generate_kwargs=generate_kwargs)
         if not isinstance(f, pd.DataFrame):
             raise ValueError(f"unknown feature {f!r}: expected 'text', 'facts', 'attention' or a DataFrame by prompt")
         table = f.set_axis(f.index.astype(str))

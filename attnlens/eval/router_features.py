@@ -36,7 +36,13 @@ ATTENTION_COLUMNS: tuple[str, ...] = (
     "attn_heads_lyric_mass",
     "attn_heads_monotonic",
 )
-ONE_STEP_DROPPED: tuple[str, ...] = ("num_inference_steps", "timesteps", "output_type", "callback_on_step_end")
+ONE_STEP_DROPPED: tuple[str, ...] = (
+    "num_inference_steps",
+    "timesteps",
+    "output_type",
+    "callback",
+    "callback_on_step_end",
+)
 
 _WORD = re.compile(r"[^\W_]+")
 
@@ -83,8 +89,9 @@ def prompt_infos(results: pd.DataFrame, prompts: Any = None) -> dict[str, Prompt
     (``"latin_pop"`` reads as ``latin pop``), and the lyrics its ``ground_truth`` column (the sung words).
     """
     pcol = prompt_column(results)
-    ids = [str(p) for p in pd.unique(results[pcol])]
-    first = results.drop_duplicates(pcol).set_index(results.drop_duplicates(pcol)[pcol].astype(str))
+    first = results.drop_duplicates(pcol)
+    first = first.set_index(first[pcol].astype(str))
+    ids = list(first.index)
     out: dict[str, PromptInfo] = {}
     for pid in ids:
         given = None

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .t5_tokenizer import t5_style_tokenizer
+from .t5_tokenizer import t5_style_tokenizer, tiny_t5_encoder
 
 SAMPLE_RATE = 44100
 DOWNSAMPLING = (2, 4, 4, 8, 8)  # product 2048: Stable Audio Open's VAE hop
@@ -51,7 +51,6 @@ def build_stable_audio_components(config: TinyStableAudioConfig | None = None, s
         StableAudioDiTModel,
         StableAudioProjectionModel,
     )
-    from transformers import T5Config, T5EncoderModel
 
     c = config or TinyStableAudioConfig()
     tokenizer = t5_style_tokenizer(c.max_tokens)
@@ -71,18 +70,7 @@ def build_stable_audio_components(config: TinyStableAudioConfig | None = None, s
             global_states_input_dim=2 * c.conditioning_dim,  # seconds_start and seconds_end embeddings, side by side
             cross_attention_input_dim=c.conditioning_dim,
         )
-        text_encoder = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer),
-                d_model=c.text_hidden,
-                d_kv=8,
-                d_ff=2 * c.text_hidden,
-                num_layers=c.text_layers,
-                num_heads=max(1, c.text_hidden // 8),
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        )
+        text_encoder = tiny_t5_encoder(tokenizer, c.text_hidden, c.text_layers)
         projection_model = StableAudioProjectionModel(
             text_encoder_dim=c.text_hidden, conditioning_dim=c.conditioning_dim, min_value=0, max_value=512
         )

@@ -1,4 +1,4 @@
-"""An offline T5-style tokenizer for the tiny Stable Audio pipeline.
+"""An offline T5-style tokenizer (and a tiny T5 encoder) for the tiny Stable Audio and PixArt pipelines.
 
 Stable Audio conditions on T5, whose tokenizer is a SentencePiece unigram model: words are split on whitespace, each
 word's first piece carries a leading ``▁``, rare words break into pieces (often a lone ``▁`` then characters), and
@@ -78,4 +78,23 @@ def t5_style_tokenizer(max_tokens: int = 16):
         unk_token=UNK,
         model_max_length=max_tokens,
         padding_side="right",
+    )
+
+
+def tiny_t5_encoder(tokenizer, width: int, layers: int):
+    """A ``transformers.T5EncoderModel`` with random weights (drawn from the global RNG) over ``tokenizer``'s ids:
+    ``width`` wide, ``layers`` deep, heads of 8, a feed-forward twice as wide; pad and end ids from the tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            d_kv=8,
+            d_ff=2 * width,
+            num_layers=layers,
+            num_heads=max(1, width // 8),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     )

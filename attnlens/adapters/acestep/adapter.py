@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from ...families import AdapterError, AttentionFacts, FamilyBase
+from ..diffusers_blocks import bind
 from .layout import ACE_STEP_SEGMENTS, LayoutRecorder
 
 DEFAULT_LATENT_RATE = 25.0
@@ -47,18 +48,14 @@ class AceStepAdapter(FamilyBase):
         return _is_pipeline(model) or _is_transformer(model)
 
     def __init__(self, model: Any, latent_rate: float | None = None):
-        if _is_pipeline(model):
-            self.pipeline = model
-            self.transformer = model.transformer
-        elif _is_transformer(model):
-            self.pipeline = None
-            self.transformer = model
-        else:
-            raise AdapterError(
-                f"attnlens cannot capture a {type(model).__module__}.{type(model).__name__}: expected a diffusers "
-                "AceStepPipeline or AceStepTransformer1DModel (searched for .transformer/.condition_encoder, or "
-                ".layers[i].cross_attn with norm_q/norm_k)"
-            )
+        bind(
+            self,
+            model,
+            _is_pipeline,
+            _is_transformer,
+            "a diffusers AceStepPipeline or AceStepTransformer1DModel (searched for .transformer/.condition_encoder, "
+            "or .layers[i].cross_attn with norm_q/norm_k)",
+        )
         layers = getattr(self.transformer, "layers", None)
         if layers is None or len(layers) == 0:
             raise AdapterError(f"{type(self.transformer).__name__} has no .layers: found no transformer blocks")

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...families import AdapterError, AttentionFacts, FamilyBase
+from ...families import AttentionFacts, FamilyBase
+from ..diffusers_blocks import attn2_blocks, bind
 from .layout import STABLE_AUDIO_SEGMENTS, StableAudioLayoutRecorder
 
 DEFAULT_SAMPLE_RATE = 44100
@@ -59,31 +60,13 @@ class StableAudioAdapter(FamilyBase):
         return _is_pipeline(model) or _is_transformer(model)
 
     def __init__(self, model: Any):
-        if _is_pipeline(model):
-            self.pipeline = model
-            self.transformer = model.transformer
-        elif _is_transformer(model):
-            self.pipeline = None
-            self.transformer = model
-        else:
-            raise AdapterError(
-                f"not a Stable Audio model: a {type(model).__module__}.{type(model).__name__} (expected a diffusers "
-                "StableAudioPipeline or StableAudioDiTModel with .transformer_blocks[i].attn2)"
-            )
-        blocks = getattr(self.transformer, "transformer_blocks", None)
-        if not blocks:
-            raise AdapterError(f"{type(self.transformer).__name__} has no .transformer_blocks")
-        for i, blk in enumerate(blocks):
-            attn = getattr(blk, "attn2", None)
-            if attn is None or not all(hasattr(attn, a) for a in ("to_q", "to_k", "to_v", "heads")):
-                raise AdapterError(f"block {i} has no cross-attention attn2 with to_q, to_k, to_v and heads")
-            proc = type(getattr(attn, "processor", None)).__name__
-            if proc != PROCESSOR:
-                raise AdapterError(
-                    f"block {i}'s attn2 runs a {proc}; attnlens reads Stable Audio's {PROCESSOR} (its scale, mask and "
-                    "head layout): restore it with transformer.set_default_attn_processor() or capture before "
-                    "replacing it"
-                )
+        bind(self, model, _is_pipeline, _is_transformer, f"{self.describes} (with .transformer_blocks[i].attn2)")
+        blocks = attn2_blocks(
+            self.transformer,
+            (PROCESSOR,),
+            "its scale, mask and head layout",
+            "restore it with transformer.set_default_attn_processor() or capture before replacing it",
+        )
         attn = blocks[0].attn2
         heads = int(attn.heads)
         head_dim = attn.to_q.out_features // heads

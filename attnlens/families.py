@@ -205,7 +205,11 @@ def _argument(args: tuple, kwargs: dict, name: str, position: int) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------ registry
-BUILTIN_FAMILIES: tuple[str, ...] = ("attnlens.adapters.acestep", "attnlens.adapters.stable_audio")
+BUILTIN_FAMILIES: tuple[str, ...] = (
+    "attnlens.adapters.acestep",
+    "attnlens.adapters.stable_audio",
+    "attnlens.adapters.pixart",
+)
 """Modules of the built-in families, imported on the first lookup (each registers its family class)."""
 
 _REGISTRY: list[type] = []

@@ -2,6 +2,8 @@
 
 - :mod:`attnlens.adapters.acestep`: ACE-Step 1.5 (``AceStepPipeline`` / ``AceStepTransformer1DModel``).
 - :mod:`attnlens.adapters.stable_audio`: Stable Audio (``StableAudioPipeline`` / ``StableAudioDiTModel``).
+- :mod:`attnlens.adapters.pixart`: PixArt-Σ / PixArt-α (``PixArtSigmaPipeline``, ``PixArtAlphaPipeline`` /
+  ``PixArtTransformer2DModel``).
 
 The seam they implement, and the registry, are in :mod:`attnlens.families`; ``register`` adds a user's own family.
 """
@@ -21,6 +23,7 @@ from ..families import (
     unregister,
 )
 from .acestep import AceStepAdapter
+from .pixart import PixArtAdapter
 from .stable_audio import StableAudioAdapter
 
 Adapter = Family  # the name the first version used
@@ -32,6 +35,7 @@ __all__ = [
     "AceStepAdapter",
     "Family",
     "FamilyBase",
+    "PixArtAdapter",
     "StableAudioAdapter",
     "adapter_for",
     "register",

@@ -1,5 +1,7 @@
-"""Model builders: the tiny offline pipelines (random weights: ACE-Step, Stable Audio) and the embedded demo model."""
+"""Model builders: the tiny offline pipelines (random weights: ACE-Step, Stable Audio, PixArt) and the embedded demo
+model."""
 
+from .pixart import TinyPixArtConfig, tiny_pixart_pipeline
 from .stable_audio import TinyStableAudioConfig, stable_audio_transformer, tiny_stable_audio_pipeline
 from .tiny import TinyConfig, tiny_pipeline
 from .tokenizer import offline_tokenizer
@@ -13,6 +15,8 @@ __all__ = [
     "TinyStableAudioConfig",
     "tiny_stable_audio_pipeline",
     "stable_audio_transformer",
+    "TinyPixArtConfig",
+    "tiny_pixart_pipeline",
 ]
 
 

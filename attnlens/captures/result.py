@@ -163,9 +163,16 @@ class Capture:
         return (
             f"Capture of {self.model.get('class', '?')}: steps {self.steps} (t = {ts}) of {len(self.timesteps)}, "
             f"layers {_short(self.layers)}, heads {_short(self.heads)}, batch {self.batch_labels}, "
-            f"{self.n_frames} frames @ {self.frame_rate:g} Hz ({self.n_frames / self.frame_rate:.2f} s), "
+            f"{self._queries()}, "
             f"{self.n_keys} keys; maps: {kept_maps}; layout: {self.layout.source}"
         )
+
+    def _queries(self) -> str:
+        """The query axis in words: frames in time, or an image's patches (``model["query_grid"]``)."""
+        grid = self.model.get("query_grid")
+        if grid:
+            return f"{self.n_frames} patches ({grid[0]} × {grid[1]})"
+        return f"{self.n_frames} frames @ {self.frame_rate:g} Hz ({self.n_frames / self.frame_rate:.2f} s)"
 
     def __repr__(self) -> str:
         return f"<{self.summary()}>"
@@ -178,7 +185,7 @@ class Capture:
             ("layers", _short(self.layers)),
             ("heads", _short(self.heads)),
             ("batch", ", ".join(self.batch_labels)),
-            ("frames", f"{self.n_frames} @ {self.frame_rate:g} Hz = {self.n_frames / self.frame_rate:.2f} s"),
+            ("queries", self._queries()),
             ("keys", str(self.n_keys)),
             ("statistics", ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.stats.items())),
             ("maps", "none" if self.maps is None else str(tuple(self.maps.shape))),

@@ -215,6 +215,7 @@ def test_pipeline_capture_records_the_prompt_layout_grid_and_guidance_rows(pipe,
     assert neg.segments == ["prompt_special"] + ["padding"] * 11 and neg.words == []
     assert cap.model["query_grid"] == [16, 16] and cap.maps.shape[-2:] == (256, 12)
     assert cap.model["adapter"] == "pixart" and cap.model["vae_scale_factor"] == 8
+    assert "256 patches (16 × 16)" in repr(cap) and "256 patches (16 × 16)" in cap._repr_html_()
     # the pipeline's mask is honoured: padding gets nothing, </s> of the empty negative prompt gets everything
     assert float(cap.maps[..., n_prompt + 1 :].abs().max()) == 0.0
     assert torch.allclose(cap.maps[:, :, 0, ..., 0], torch.ones(()), atol=1e-6)
@@ -316,53 +317,14 @@ def test_token_heatmaps_refuse_a_capture_of_queries_in_time(run):
         al.plot.token_heatmap_data(wrong, words=["cat"])
 
 
-def _plant(pipe, word_id: int, alpha: float = 2.0, beta: float = 10.0):
-    """Hand-set weights: the T5 output is zero except at ``word_id``'s token, so every key of layer 0's attn2 but
-    that token's is 0; layer 0's attn2 sees the patch embedding, whose channel 0 is the patch's mean of latent channel
-    0 (plus the position embedding); its queries make logit ``alpha · channel0 - beta`` with the word's key (0 with
-    every other key). Returns the positional channel 0 of every patch."""
-    tr, te = pipe.transformer, pipe.text_encoder
-    attn = tr.transformer_blocks[0].attn2
-    with torch.no_grad():
-        for blk in te.encoder.block:  # T5 blocks add nothing: its output is the RMS-normed embedding
-            blk.layer[0].SelfAttention.o.weight.zero_()
-            blk.layer[1].DenseReluDense.wo.weight.zero_()
-        keep = te.shared.weight[word_id].clone()
-        te.shared.weight.zero_()
-        te.shared.weight[word_id] = keep
-        cp = tr.caption_projection
-        cp.linear_1.bias.zero_()
-        cp.linear_2.bias.zero_()
-        attn.to_k.bias.zero_()
-        a1 = tr.transformer_blocks[0].attn1.to_out[0]  # self-attention adds nothing before attn2
-        a1.weight.zero_()
-        a1.bias.zero_()
-        proj = tr.pos_embed.proj
-        proj.weight.zero_()
-        proj.bias.zero_()
-        proj.weight[0, 0] = 0.25  # mean of latent channel 0 over the 2 x 2 patch
-        k = attn.to_k(cp(te(torch.tensor([[word_id]])).last_hidden_state))[0, 0]  # the word's key [H * D]
-        attn.to_q.weight.zero_()
-        attn.to_q.bias.zero_()
-        for h in range(4):
-            u = k[h * 16 : (h + 1) * 16]
-            u = u / (u @ u) * math.sqrt(16)  # q · k / sqrt(D) = the coefficient of u
-            attn.to_q.weight[h * 16 : (h + 1) * 16, 0] = alpha * u
-            attn.to_q.bias[h * 16 : (h + 1) * 16] = -beta * u
-    return tr.pos_embed.pos_embed[0, :, 0].double()  # [patch]: the 16 x 16 grid is the model's own
-
-
 def test_planted_word_region_is_the_heatmaps_argmax_region():
     pipe = al.models.tiny_pixart_pipeline(seed=0)
-    tok = pipe.tokenizer
-    (cat,) = tok("cat", add_special_tokens=False).input_ids
-    pos0 = _plant(pipe, cat)
     rows, cols = slice(4, 9), slice(9, 14)  # the planted region: rows 4..8, columns 9..13 of 16 x 16 patches
-    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
-    latents[:, 0] = 0.0
-    latents[:, 0, 2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop] = 10.0
+    latents = al.models.plant_word_region(pipe, "cat", (4, 9), (9, 14), alpha=2.0, beta=10.0, mark=10.0)
+    assert latents.shape == (1, 4, 32, 32) and float(latents[0, 0, 8:18, 18:28].min()) == 10.0
+    pos0 = pipe.transformer.pos_embed.pos_embed[0, :, 0].double()  # position embedding, channel 0, per patch
     with al.capture(pipe, maps=True, steps=[0]) as cap:
-        image = pipe("a red cat", latents=latents.clone(), **{**RUN, "max_sequence_length": 8}).images[0]
+        image = pipe("a red cat", latents=latents, **{**RUN, "max_sequence_length": 8}).images[0]
     d = al.plot.token_heatmap_data(cap, words=["cat", "red"], step=0, layers=[0])
     planted = np.zeros((16, 16), dtype=bool)
     planted[rows, cols] = True
@@ -380,3 +342,5 @@ def test_planted_word_region_is_the_heatmaps_argmax_region():
     fig = al.plot.token_heatmaps(cap, image, words=["cat", "red"], step=0, layers=[0])
     assert [ax.get_title() for ax in fig.axes[:3]] == ["image", f"cat  ({d.mass[0]:.2f})", f"red  ({d.mass[1]:.2f})"]
     assert fig.axes[1].images[-1].get_array().shape == (256, 256)
+    with pytest.raises(ValueError, match="3 tokens"):
+        al.models.plant_word_region(pipe, "sofa", (0, 1), (0, 1))

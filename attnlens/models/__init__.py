@@ -1,7 +1,7 @@
 """Model builders: the tiny offline pipelines (random weights: ACE-Step, Stable Audio, PixArt) and the embedded demo
 model."""
 
-from .pixart import TinyPixArtConfig, tiny_pixart_pipeline
+from .pixart import TinyPixArtConfig, plant_word_region, tiny_pixart_pipeline
 from .stable_audio import TinyStableAudioConfig, stable_audio_transformer, tiny_stable_audio_pipeline
 from .tiny import TinyConfig, tiny_pipeline
 from .tokenizer import offline_tokenizer
@@ -17,6 +17,7 @@ __all__ = [
     "stable_audio_transformer",
     "TinyPixArtConfig",
     "tiny_pixart_pipeline",
+    "plant_word_region",
 ]
 
 

@@ -103,3 +103,66 @@ def tiny_pixart_pipeline(seed: int = 0, config: TinyPixArtConfig | None = None, 
     pipe.set_progress_bar_config(disable=not progress)
     pipe.attnlens_config = asdict(config or TinyPixArtConfig())
     return pipe
+
+
+def plant_word_region(
+    pipe,
+    word: str,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    alpha: float = 2.0,
+    beta: float = 10.0,
+    mark: float = 10.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Hand-set the weights of a tiny PixArt pipeline (in place) so that layer 0's cross-attention sends the patches
+    of ``rows × cols`` (half-open patch ranges) to ``word``'s token; returns the initial latents to pass as
+    ``latents=`` (at the pipeline's default size), which mark the region. A case whose answer is known, for tests
+    and the gallery.
+
+    How: the T5 blocks add nothing and every token embedding but the word's is zero, so every key of layer 0's
+    ``attn2`` is 0 but the word's (biases zeroed along the way); layer 0's self-attention adds nothing, so its
+    ``attn2`` reads the patch embedding, whose channel 0 is made the patch's mean of latent channel 0 (``mark`` in
+    the region, 0 elsewhere) plus the position embedding's channel 0, ``pos``; its queries give the logit
+    ``alpha · (mark · in_region + pos) − beta`` with the word's key and 0 with every other. At the first step the
+    word's probability at a patch is therefore ``e^z / (e^z + m − 1)`` over the ``m`` keys the prompt's mask keeps.
+    ``word`` must be one token of the pipeline's tokenizer."""
+    ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"{word!r} is {len(ids)} tokens of this tokenizer; plant a word that is one token")
+    tr, te = pipe.transformer, pipe.text_encoder
+    attn = tr.transformer_blocks[0].attn2
+    heads, head_dim = attn.heads, attn.to_q.out_features // attn.heads
+    with torch.no_grad():
+        for blk in te.encoder.block:  # the encoder's output is its RMS-normed input embedding
+            blk.layer[0].SelfAttention.o.weight.zero_()
+            blk.layer[1].DenseReluDense.wo.weight.zero_()
+        keep = te.shared.weight[ids[0]].clone()
+        te.shared.weight.zero_()
+        te.shared.weight[ids[0]] = keep
+        cp = tr.caption_projection
+        cp.linear_1.bias.zero_()
+        cp.linear_2.bias.zero_()
+        attn.to_k.bias.zero_()
+        self_out = tr.transformer_blocks[0].attn1.to_out[0]
+        self_out.weight.zero_()
+        self_out.bias.zero_()
+        proj = tr.pos_embed.proj
+        p = proj.kernel_size[0]
+        proj.weight.zero_()
+        proj.bias.zero_()
+        proj.weight[0, 0] = 1.0 / (p * p)  # channel 0: the patch's mean of latent channel 0
+        k = attn.to_k(cp(te(torch.tensor([ids])).last_hidden_state))[0, 0]  # the word's key [heads · head_dim]
+        attn.to_q.weight.zero_()
+        attn.to_q.bias.zero_()
+        for h in range(heads):
+            part = slice(h * head_dim, (h + 1) * head_dim)
+            u = k[part] / (k[part] @ k[part]) * head_dim**0.5  # q = c · u gives the logit c (SDPA divides by √D)
+            attn.to_q.weight[part, 0] = alpha * u
+            attn.to_q.bias[part] = -beta * u
+    size = tr.config.sample_size
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(1, tr.config.in_channels, size, size, generator=g)
+    latents[:, 0] = 0.0
+    latents[:, 0, rows[0] * p : rows[1] * p, cols[0] * p : cols[1] * p] = mark
+    return latents

@@ -30,6 +30,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "plot": ("attnlens.plot", None),
     "train": ("attnlens.train", None),
     "adapters": ("attnlens.adapters", None),
+    "text": ("attnlens.text", None),
     "capture": ("attnlens.captures.session", "capture"),
     "intervene": ("attnlens.interventions.intervene", "intervene"),
     "Capture": ("attnlens.captures.result", "Capture"),

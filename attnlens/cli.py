@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plot": "attnlens.plot.cli",
     "train": "attnlens.train.cli",
     "eval": "attnlens.eval.cli",
+    "align": "attnlens.analyzers.align_cli",
 }
 
 

@@ -32,7 +32,7 @@ def test_align_planted_words_exact_to_one_frame():
     assert aln.lines[1].start == aln.words[3].start
     lrc = aln.lrc().splitlines()
     assert lrc[0] == "[00:00.00]walking down the" and lrc[1].endswith("]morning road")
-    assert list(aln.to_dataframe().columns) == ["word", "start", "end", "line"]
+    assert list(aln.to_dataframe().columns) == ["word", "start", "end", "line", "unit"]
     # heads as a dict or as the find_alignment_heads frame give the same answer
     assert al.align(cap, heads={5: [0, 1]}).words == aln.words
     top = al.find_alignment_heads(cap, top_k=2)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up attnlens for development in ./.venv (idempotent: a second run only checks).
 #   scripts/setup.sh            # python packages (CPU torch, attnlens + test tools)
-# System tools used by some tests (espeak-ng for spoken test audio, chromium for the HTML explorer) are installed
+# System tools used by some tests (espeak-ng for spoken test audio, chromium for the HTML explorer, a CJK font for
+# figures of Chinese, Japanese and Korean lyrics) are installed
 # with apt-get when running as root and missing; otherwise those tests are skipped with a reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,8 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   command -v espeak-ng >/dev/null || missing="$missing espeak-ng"
   command -v sox >/dev/null || missing="$missing sox"
   command -v chromium >/dev/null || missing="$missing chromium"
+  # a font with Han, Kana and Hangul glyphs, so that figures of CJK lyrics draw characters, not boxes
+  [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$missing fonts-wqy-microhei"
   if [ -n "$missing" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null 2>&1 \
       || echo "setup: could not install$missing (the tests that need them will be skipped)"

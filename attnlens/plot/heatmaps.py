@@ -20,6 +20,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from ..captures.result import Capture
 from ._data import Keys, MapData, map_data, pool_map, segment_spans, short_list, step_label
+from .fonts import with_cjk_font
 
 KIND_COLORS = {
     "sung": "black",
@@ -134,6 +135,7 @@ def _notes_line(mds: list[MapData]) -> str:
     return "; ".join(notes)
 
 
+@with_cjk_font
 def attention_map(
     cap: Capture,
     step: int | str = -1,
@@ -177,6 +179,7 @@ def attention_map(
     return fig
 
 
+@with_cjk_font
 def heads(
     cap: Capture,
     step: int | str = -1,
@@ -274,6 +277,7 @@ def heads(
     return fig
 
 
+@with_cjk_font
 def compare(
     captures: Mapping[str, Capture],
     step: int | str = -1,

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from ..captures.result import Capture
 from ._image_data import TokenHeatmaps, token_heatmap_data
+from .fonts import with_cjk_font
 
 
 def as_rgb(image: Any) -> np.ndarray:
@@ -38,6 +39,7 @@ def as_rgb(image: Any) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
+@with_cjk_font
 def token_heatmaps(
     cap: Capture,
     image: Any = None,

@@ -9,8 +9,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ._data import score_matrix
+from .fonts import with_cjk_font
 
 
+@with_cjk_font
 def scores(
     df: pd.DataFrame,
     column: str = "diagonal_score",

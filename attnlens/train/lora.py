@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..files import atomic_save_safetensors
+from ..files import atomic_save_safetensors, looks_like_pickle
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -243,10 +243,6 @@ class AdapterFileError(ValueError):
     """A file that is not a valid LoRA adapter (not safetensors, damaged, or holding tensors of the wrong shape)."""
 
 
-def _is_pickle(head: bytes) -> bool:
-    return head[:1] == b"\x80" or head[:2] == b"PK"  # pickle protocol 2+ / torch.save's zip container
-
-
 def read_adapter(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict and peft config (dict) of a saved adapter (directory or ``.safetensors`` file).
 
@@ -257,8 +253,8 @@ def read_adapter(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
     path = _weights_path(path)
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if _is_pickle(head):
+        head = fh.read(9)
+    if looks_like_pickle(head, os.path.getsize(path)):
         raise AdapterFileError(
             f"{path} looks like a pickle / torch.save file; attnlens never loads pickles (they can run code). "
             f"Adapters are safetensors files ({WEIGHT_NAME})"

@@ -77,3 +77,51 @@ def test_seed_table_whisper_normalization_differs_only_by_normalization():
     w_whisper = [wer(r.ground_truth, r.transcription) for r in df.itertuples()]
     assert sum(w_whisper) < sum(w_lower)
     assert round(sum(w_lower) / 150, 4) == round(df.wer.mean(), 4)
+
+
+# ------------------------------------------------------------------------------------- languages other than English
+def test_auto_normalization_by_language():
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    en, basic = EnglishTextNormalizer(), BasicTextNormalizer()
+    for text, lang in [("Don't stop, baby!", "en"), ("Don't stop, baby!", None), ("¡Hola, señor! [Music]", "es")]:
+        want = " ".join((en if lang in ("en", None) else basic)(text).split())
+        assert normalize_text(text, "auto", lang) == want
+    # the English normalizer strips diacritics: Japanese voicing marks would be lost (で -> て, señor -> senor)
+    assert normalize_text("ですね", "whisper") == "てすね" and normalize_text("ですね", "auto", "ja") == "ですね"
+    assert normalize_text("señor", "auto", "es") == "señor"
+    assert normalize_text("Hello, World! I'm here.") == "hello world i am here"  # default: English as before
+
+
+def test_cjk_cer_ignores_spaces_and_is_the_headline():
+    from attnlens.eval import headline_metric, is_cjk_language
+
+    ref = "今日は良い天気ですね"
+    # one character substituted (で -> て) out of 10; the transcriber's spaces are not errors
+    assert cer(ref, "今日は 良い 天気 てすね", language="ja") == pytest.approx(1 / 10)
+    assert cer(ref, "今日は良い天気ですね", normalize="whisper") == 0.0  # the English normalizer hides the error
+    assert cer("我爱你，中国！", "我爱你 中国", language="zh") == 0.0
+    assert cer("我爱你中国", "我爱他中国", language="zh") == pytest.approx(1 / 5)
+    assert cer("사랑해 너를", "사랑해너를", language="ko") == 0.0
+    r = error_rates("我爱你中国", "我 爱 你 中 国", language="zh")
+    assert r["cer"] == 0.0 and r["wer"] == 5.0  # a word error rate of unspaced text measures spacing
+    assert [headline_metric(x) for x in ("zh", "ja", "ko", "yue", "zh-TW", "en", "es", None)] == ["cer"] * 5 + [
+        "wer"
+    ] * 3
+    assert is_cjk_language("JA") and not is_cjk_language("") and not is_cjk_language(None)
+    assert cer("abc", "", language="zh") == 1.0
+
+
+def test_multilingual_builtin_suite():
+    from attnlens.eval import Suite
+    from attnlens.eval.suite import SuiteError
+
+    s = Suite.builtin("multilingual")
+    assert [e.language for e in s] == ["zh", "ja", "ko", "es", "fr", "de", "pt", "en"]
+    assert all(e.reference and "[" not in e.reference for e in s)
+    assert [len(e.reference.split()) for e in s][:3] == [4, 4, 4 + 4 + 5 + 4]  # Chinese and Japanese: no spaces
+    for e in s:  # every reference normalizes to something in its own language's normalizer
+        assert normalize_text(e.reference, "auto", e.language)
+    assert len(Suite.builtin()) == 30
+    with pytest.raises(SuiteError, match="multilingual"):
+        Suite.builtin("klingon")

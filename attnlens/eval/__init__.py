@@ -26,7 +26,16 @@ from .runner import Variant, merge, parse_variants, run
 from .stats import Winners, bootstrap_mean_ci, compare, headline_table, summarize, winners
 from .store import ResultsFileError, read_results
 from .suite import PromptEntry, Suite, SuiteError
-from .text import cer, error_rates, is_non_speech, lyrics_to_reference, normalize_text, wer
+from .text import (
+    cer,
+    error_rates,
+    headline_metric,
+    is_cjk_language,
+    is_non_speech,
+    lyrics_to_reference,
+    normalize_text,
+    wer,
+)
 
 __all__ = [
     "PromptEntry",
@@ -46,6 +55,8 @@ __all__ = [
     "bootstrap_mean_ci",
     "build_summary",
     "cer",
+    "headline_metric",
+    "is_cjk_language",
     "compare",
     "error_rates",
     "evaluate_router",

@@ -34,7 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--suite", default="builtin", help="suite YAML/JSON file, or 'builtin' (30 genres)")
+    p.add_argument(
+        "--suite",
+        default="builtin",
+        help="suite YAML/JSON file, 'builtin' (30 genres) or 'multilingual' (8 languages)",
+    )
     p.add_argument(
         "--variant",
         action="append",
@@ -58,7 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compute-type", default="default", help="faster-whisper compute type (int8, float16, ...)")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--language", default="en")
-    p.add_argument("--normalize", default="whisper", choices=["whisper", "lower", "none"])
+    p.add_argument(
+        "--normalize",
+        default="auto",
+        choices=["auto", "whisper", "basic", "lower", "none"],
+        help="text normalization (default auto: by each prompt's language, see attnlens.eval.text)",
+    )
     p.add_argument("--report-only", action="store_true", help="only (re)write summary.json and the reports")
     p.add_argument("--merge", action="store_true", help="merge results.rank*.csv into results.csv, then report")
     p.add_argument("--no-progress", action="store_true")
@@ -96,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(f"attnlens eval: {path} does not exist (run first, or --merge shards)")
         res = read_results(path)
     else:
-        suite = Suite.builtin() if args.suite == "builtin" else Suite.from_file(args.suite)
+        named = {"builtin": "default", "multilingual": "multilingual"}
+        suite = Suite.builtin(named[args.suite]) if args.suite in named else Suite.from_file(args.suite)
         variants = dict(_parse_variant(v) for v in (args.variant or ["baseline"]))
         from .runner import parse_variants, routed_variants
 

@@ -225,7 +225,7 @@ def run(
     *,
     batch_size: int = 1,
     scorer: Scorer | None = None,
-    normalize: Normalizer = "whisper",
+    normalize: Normalizer = "auto",
     output: str = "audio",
     generate_kwargs: Mapping[str, Any] | None = None,
     audio_format: str = "flac",
@@ -251,7 +251,9 @@ def run(
             gets ``aas``: ACE-Step's lyrics alignment score of that step (4 decimals).
         scorer: optional ``scorer(pipe, entry, seed) -> dict`` called after each generation with the variant's
             adapter active; its keys become columns (name alignment scores ``aas_*`` to have them summarized).
-        normalize: text normalization for WER/CER (see :mod:`attnlens.eval.text`).
+        normalize: text normalization for WER/CER (see :mod:`attnlens.eval.text`); the default ``"auto"`` normalizes
+            each prompt by its ``language`` (English: Whisper's English normalizer; others: its basic one), and the
+            CER of Chinese, Japanese and Korean prompts ignores spaces (their headline error rate).
         output: ``"audio"`` (decode with the VAE, save audio, transcribe audio) or ``"latent"`` (pass each item's
             latents ``[time, channels]`` to the transcriber; latents saved as safetensors).
         generate_kwargs: extra pipeline arguments (``num_inference_steps``, ``guidance_scale``, ``shift``, ...).
@@ -368,7 +370,7 @@ def run(
                     t1 = time.perf_counter()
                     text, words = _transcribe(transcriber, item, None)
                 asr_s = time.perf_counter() - t1
-                scores = error_rates(e.reference, text, normalize)
+                scores = error_rates(e.reference, text, normalize, language=e.language)
                 row: dict[str, Any] = {
                     "prompt_id": e.id,
                     "genre": e.genre,
@@ -376,6 +378,7 @@ def run(
                     "seed": seed,
                     "wer": round(scores["wer"], 6),
                     "cer": round(scores["cer"], 6),
+                    "language": e.language,
                     "transcription": text,
                     "ground_truth": e.reference,
                     "n_words": len(words),

@@ -26,6 +26,7 @@ TEXT_COLUMNS: tuple[str, ...] = (
     "style",
     "genre",
     "variant",
+    "language",
     "transcription",
     "ground_truth",
     "adapter",

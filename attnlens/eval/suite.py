@@ -165,13 +165,18 @@ class Suite:
             raise SuiteError(f"{path}: {e}") from None
 
     @classmethod
-    def builtin(cls) -> Suite:
-        """The 30-genre suite shipped with attnlens (captions, tags, four lines of original lyrics each)."""
-        ref = resources.files("attnlens.eval").joinpath("data/prompts.yaml")
+    def builtin(cls, name: str = "default") -> Suite:
+        """A suite shipped with attnlens: ``"default"``, 30 genres in English, or ``"multilingual"``, eight prompts in
+        Chinese, Japanese, Korean, Spanish, French, German, Portuguese and English (captions, tags and four lines of
+        original lyrics each, ``language`` set)."""
+        files = {"default": "prompts.yaml", "multilingual": "prompts_multilingual.yaml"}
+        if name not in files:
+            raise SuiteError(f"no built-in suite {name!r}; the built-in suites are {sorted(files)}")
+        ref = resources.files("attnlens.eval").joinpath(f"data/{files[name]}")
         import yaml
 
         data = yaml.safe_load(ref.read_text(encoding="utf-8"))
-        return cls.from_records(data["prompts"], name="builtin")
+        return cls.from_records(data["prompts"], name="builtin" if name == "default" else f"builtin-{name}")
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -50,28 +50,18 @@ ENGLISH: frozenset[str] = frozenset({"en", "eng", "english", "en-us", "en-gb"})
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
 
 
-@functools.lru_cache(maxsize=1)
-def _whisper_normalizer() -> Callable[[str], str]:
+@functools.lru_cache(maxsize=2)
+def _whisper_normalizer(kind: str = "English") -> Callable[[str], str]:
+    """openai-whisper's ``EnglishTextNormalizer`` (``kind="English"``) or ``BasicTextNormalizer`` (``"Basic"``)."""
     try:
-        from whisper.normalizers import EnglishTextNormalizer
+        from whisper import normalizers
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "normalize='whisper' needs openai-whisper's text normalizer. Install it without its GPU extras: "
-            "`pip install --no-deps openai-whisper more-itertools tiktoken`, or pass normalize='lower'."
+            f"normalize={'whisper' if kind == 'English' else 'basic'!r} needs openai-whisper's text normalizer. Install "
+            "it without its GPU extras: `pip install --no-deps openai-whisper more-itertools tiktoken`, or pass "
+            "normalize='lower'."
         ) from e
-    return EnglishTextNormalizer()
-
-
-@functools.lru_cache(maxsize=1)
-def _basic_normalizer() -> Callable[[str], str]:
-    try:
-        from whisper.normalizers import BasicTextNormalizer
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "normalize='basic' (and 'auto' for a language other than English) needs openai-whisper's text normalizer: "
-            "`pip install --no-deps openai-whisper more-itertools tiktoken`, or pass normalize='lower'."
-        ) from e
-    return BasicTextNormalizer()
+    return getattr(normalizers, f"{kind}TextNormalizer")()
 
 
 def _lang(language: str | None) -> str | None:
@@ -96,11 +86,11 @@ def get_normalizer(normalize: Normalizer, language: str | None = None) -> Callab
         return normalize
     if normalize == "auto":
         lang = _lang(language)
-        return _whisper_normalizer() if lang is None or lang in ENGLISH else _basic_normalizer()
+        return _whisper_normalizer() if lang is None or lang in ENGLISH else _whisper_normalizer("Basic")
     if normalize == "whisper":
         return _whisper_normalizer()
     if normalize == "basic":
-        return _basic_normalizer()
+        return _whisper_normalizer("Basic")
     if normalize == "lower":
         return str.lower
     if normalize == "none":

@@ -39,6 +39,12 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "special file")
 
 
+def json_kind(x: Any) -> str:
+    """What a parsed JSON value is, in words, for messages: ``"an object"``, ``"a list"``, ``"a number"``..."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(x), "a number")
+
+
 def open_regular(path: str | os.PathLike) -> BinaryIO:
     """Open ``path`` for reading in binary mode if it is a regular file (a symbolic link to one is followed);
     anything else raises :class:`NotARegularFileError` without reading (opening does not block on a FIFO).

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..files import NotARegularFileError, looks_like_pickle, open_regular
+from ..files import NotARegularFileError, json_kind, looks_like_pickle, open_regular
 from .layout import Layout
 from .result import STAT_NAMES, Capture
 
@@ -85,11 +85,6 @@ def read_capture_file(path: str) -> tuple[bytes, dict[str, Any]]:
     return head + text + rest, header
 
 
-def _kind(x: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(x), "a number")
-
-
 def parse_header(text: bytes, path: str) -> dict[str, Any]:
     """The attnlens header inside the safetensors JSON header ``text``, every level's type checked."""
     try:
@@ -97,25 +92,27 @@ def parse_header(text: bytes, path: str) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CaptureFileError(f"{path} is not a safetensors file: its header is not JSON ({e})") from None
     if not isinstance(outer, dict):
-        raise CaptureFileError(f"{path} is not a safetensors file: its JSON header is {_kind(outer)}, not an object")
+        raise CaptureFileError(
+            f"{path} is not a safetensors file: its JSON header is {json_kind(outer)}, not an object"
+        )
     meta = outer.get("__metadata__")
     if meta is not None and not isinstance(meta, dict):
         raise CaptureFileError(
-            f"{path}: the safetensors metadata ('__metadata__') is {_kind(meta)}; expected an object of strings"
+            f"{path}: the safetensors metadata ('__metadata__') is {json_kind(meta)}; expected an object of strings"
         )
     if not meta or "attnlens" not in meta:
         raise CaptureFileError(f"{path} is a safetensors file but not an attnlens capture (no 'attnlens' metadata)")
     entry = meta["attnlens"]
     if not isinstance(entry, str):
         raise CaptureFileError(
-            f"{path}: the 'attnlens' metadata is {_kind(entry)}; expected a string holding the capture's JSON header"
+            f"{path}: the 'attnlens' metadata is {json_kind(entry)}; expected a string holding the capture's JSON header"
         )
     try:
         header = json.loads(entry)
     except (ValueError, RecursionError) as e:
         raise CaptureFileError(f"{path}: the attnlens metadata is not valid JSON ({e})") from None
     if not isinstance(header, dict):
-        raise CaptureFileError(f"{path}: the attnlens metadata is {_kind(header)}; expected a JSON object")
+        raise CaptureFileError(f"{path}: the attnlens metadata is {json_kind(header)}; expected a JSON object")
     if header.get("format") != FORMAT_NAME:
         raise CaptureFileError(f"{path}: not an attnlens capture (format {header.get('format')!r})")
     version = header.get("version")

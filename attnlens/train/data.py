@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 
 from ..adapters.acestep.layout import TAG_RE
-from ..files import atomic_save_safetensors
+from ..files import NotARegularFileError, atomic_save_safetensors, json_kind, looks_like_pickle, open_regular
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 LATENT_SUFFIX = ".latents.safetensors"
@@ -119,22 +119,10 @@ class AudioLyricsDataset:
         meta = os.path.join(path, "metadata.jsonl")
         samples: list[Sample] = []
         if os.path.isfile(meta):
-            with open(meta, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DatasetError(f"{meta} line {n}: not JSON ({e})") from None
-                    miss = [k for k in ("audio", "caption") if not row.get(k)]
-                    if miss:
-                        raise DatasetError(f"{meta} line {n}: missing field(s) {miss} (need audio, lyrics, caption)")
-                    audio = row["audio"] if os.path.isabs(row["audio"]) else os.path.join(path, row["audio"])
-                    caption = _with_tags(row["caption"], row.get("tags"))
-                    samples.append(
-                        _sample_from_file(audio, row.get("lyrics") or "", caption, row.get("language", language))
-                    )
+            for n, row in _jsonl_rows(meta):
+                audio, lyrics, caption, lang = _metadata_row(row, meta, n, language)
+                audio = audio if os.path.isabs(audio) else os.path.join(path, audio)
+                samples.append(_sample_from_file(audio, lyrics, caption, lang, where=f"{meta} line {n}"))
             return cls(samples, allow_empty_lyrics, source=meta)
         names = sorted(os.listdir(path))
         for fn in names:
@@ -243,8 +231,11 @@ def _gtsinger_language(root: str) -> str:
 
 def gtsinger_words(path: str) -> list[dict[str, Any]]:
     """Sung words of one GTSinger segment JSON: ``[{"word", "start", "end"}]`` (seconds), silences skipped."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    text = _decode(_read_bytes(path), path)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise DatasetError(f"{path}: not JSON ({e})") from None
     if isinstance(data, Mapping):
         data = data.get("words") or data.get("word") or data.get("notes") or []
     if not isinstance(data, list):
@@ -268,10 +259,68 @@ def gtsinger_words(path: str) -> list[dict[str, Any]]:
 
 
 def _read_text(path: str) -> str | None:
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip()
+    return _decode(_read_bytes(path), path).strip()
+
+
+def _read_bytes(path: str) -> bytes:
+    """The bytes of a regular file; a FIFO, device or folder is refused with :class:`DatasetError`."""
+    try:
+        with open_regular(path) as f:
+            return f.read()
+    except (NotARegularFileError, OSError) as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+
+
+def _decode(raw: bytes, path: str, line: int | None = None) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"{path} line {line}" if line is not None else path
+        raise DatasetError(f"{where} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 4]!r})") from None
+
+
+def _jsonl_rows(path: str) -> Iterable[tuple[int, Any]]:
+    """``(line number, JSON value)`` of every non-blank line of a JSON-lines file."""
+    for n, raw in enumerate(_read_bytes(path).split(b"\n"), 1):
+        line = _decode(raw, path, n)
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            raise DatasetError(f"{path} line {n}: not JSON ({e})") from None
+        yield n, value
+
+
+def _metadata_row(row: Any, path: str, n: int, language: str) -> tuple[str, str, str, str]:
+    """``(audio, lyrics, caption with tags, language)`` of one ``metadata.jsonl`` row, each field's type checked."""
+    where = f"{path} line {n}"
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected a JSON object with audio, lyrics, caption; got {json_kind(row)}")
+    miss = [k for k in ("audio", "caption") if not row.get(k)]
+    if miss:
+        raise DatasetError(f"{where}: missing field(s) {miss} (need audio, lyrics, caption)")
+    for key, ok, what in (
+        ("audio", lambda v: isinstance(v, str), "a string (a path)"),
+        ("caption", lambda v: isinstance(v, str), "a string"),
+        ("lyrics", lambda v: v is None or isinstance(v, str), "a string or null"),
+        ("language", lambda v: v is None or (isinstance(v, str) and v), "a language code such as 'en'"),
+        ("tags", _tags_ok, "a string or a list of strings"),
+    ):
+        if key in row and not ok(row[key]):
+            raise DatasetError(f"{where}: {key!r} must be {what}; got {json_kind(row[key])} {row[key]!r:.60}")
+    return (
+        row["audio"],
+        row.get("lyrics") or "",
+        _with_tags(row["caption"], row.get("tags")),
+        row.get("language") or language,
+    )
+
+
+def _tags_ok(v: Any) -> bool:
+    return v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v))
 
 
 def _with_tags(caption: str, tags: Any) -> str:
@@ -282,17 +331,43 @@ def _with_tags(caption: str, tags: Any) -> str:
     return f"{caption.strip()}, {str(tags).strip()}" if caption.strip() else str(tags).strip()
 
 
-def _sample_from_file(path: str, lyrics: str, caption: str, language: str) -> Sample:
+def _sample_from_file(path: str, lyrics: str, caption: str, language: str, where: str = "") -> Sample:
+    at = f" (named by {where})" if where else ""
+    if not os.path.lexists(path):
+        raise DatasetError(f"audio file {path} not found{at}")
     if not os.path.isfile(path):
-        raise DatasetError(f"audio file {path} not found")
+        raise DatasetError(f"{path}{at} is not a regular file (a folder, device or FIFO?)")
     name = os.path.basename(path)
     if name.lower().endswith(LATENT_SUFFIX):
-        with safe_open(path, framework="pt") as f:
-            if "latents" not in f.keys():
-                raise DatasetError(f"{path} holds no 'latents' tensor (found {list(f.keys())})")
-            lat = f.get_tensor("latents")
+        lat = read_latents(path)
         return Sample(key=name[: -len(LATENT_SUFFIX)], lyrics=lyrics, caption=caption, latents=lat, language=language)
     return Sample(key=os.path.splitext(name)[0], lyrics=lyrics, caption=caption, audio=path, language=language)
+
+
+def read_latents(path: str, name: str = "latents") -> torch.Tensor:
+    """The tensor ``name`` of a safetensors file (a ``.latents.safetensors`` file or the latent cache): never a
+    pickle; a damaged file, a missing tensor or one that is not a float ``[T, C]`` raises :class:`DatasetError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    raw = _read_bytes(path)
+    if looks_like_pickle(raw[:9], len(raw)):
+        raise DatasetError(
+            f"{path} looks like a pickle / torch.save file; attnlens never loads pickles (they can run code). "
+            f"Latents are safetensors files holding a {name!r} tensor [T, C]"
+        )
+    try:
+        tensors = load(raw)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
+        raise DatasetError(
+            f"{path} is not a readable safetensors file (damaged, truncated or another format): {e}"
+        ) from None
+    if name not in tensors:
+        raise DatasetError(f"{path} holds no {name!r} tensor (found {sorted(tensors)})")
+    lat = tensors[name]
+    if lat.dim() != 2 or not lat.is_floating_point():
+        raise DatasetError(f"{path}: {name!r} is {lat.dtype} of shape {tuple(lat.shape)}; expected float [T, C]")
+    return lat
 
 
 # ------------------------------------------------------------------------------------------- preprocessing
@@ -309,6 +384,13 @@ def load_audio(path: str, sample_rate: int, channels: int) -> torch.Tensor:
         raise DatasetError(f"cannot read audio {path}: {e}") from None
     if x.shape[0] == 0:
         raise DatasetError(f"{path} holds no audio samples")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i = int(np.argmax(bad.any(axis=1)))
+        raise DatasetError(
+            f"{path} holds {int(bad.sum())} NaN/Inf sample value(s), the first at sample {i} ({i / sr:.3f} s); "
+            "audio samples must be finite numbers (it would encode to non-finite latents)"
+        )
     if x.shape[1] == 1 and channels > 1:
         x = np.repeat(x, channels, axis=1)
     elif x.shape[1] != channels:
@@ -317,6 +399,63 @@ def load_audio(path: str, sample_rate: int, channels: int) -> torch.Tensor:
         g = math.gcd(int(sr), int(sample_rate))
         x = resample_poly(x, sample_rate // g, sr // g, axis=0).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.T))
+
+
+def vae_hop(vae: Any) -> int | None:
+    """Audio samples per latent frame of ``vae`` (``hop_length``, or the product of its downsampling ratios)."""
+    hop = getattr(vae, "hop_length", None)
+    ratios = getattr(getattr(vae, "config", None), "downsampling_ratios", None)
+    if hop is None and ratios:
+        hop = math.prod(int(r) for r in ratios)
+    return int(hop) if hop else None
+
+
+MIN_LATENT_FRAMES = 2
+"""Latent frames a training clip needs at the least."""
+
+
+def encode_audio(pipe: Any, path: str) -> torch.Tensor:
+    """Latents ``[T, C]`` (float32, CPU) of the audio file at ``path``: the mean of the pipeline VAE's latent
+    distribution. Refuses audio shorter than :data:`MIN_LATENT_FRAMES` latent frames (naming the minimum), audio
+    with NaN/Inf samples, and latents that are not finite or not as wide as the DiT's input."""
+    vae = pipe.vae
+    sr = int(getattr(pipe, "sample_rate", 48000))
+    audio = load_audio(path, sr, int(getattr(vae.config, "audio_channels", 2)))
+    hop = vae_hop(vae)
+    if hop is not None and audio.shape[-1] < MIN_LATENT_FRAMES * hop:
+        n, need = audio.shape[-1], MIN_LATENT_FRAMES * hop
+        raise DatasetError(
+            f"{path} is too short: {n} samples at {sr} Hz ({n / sr:.4g} s); the minimum is {need} samples "
+            f"({need / sr:.4g} s: {MIN_LATENT_FRAMES} latent frames of {hop} samples)"
+        )
+    audio = audio.to(device=pipe.transformer.device, dtype=vae.dtype)
+    lat = vae.encode(audio[None]).latent_dist.mode()[0].transpose(0, 1).float().cpu()  # [T, C]
+    want = int(pipe.transformer.config.audio_acoustic_hidden_dim)
+    if lat.shape[1] != want:
+        raise DatasetError(
+            f"the VAE encodes {path} to {lat.shape[1]} latent channels but the DiT takes {want}: "
+            "the pipeline's VAE and transformer do not belong together"
+        )
+    if not torch.isfinite(lat).all():
+        raise DatasetError(
+            f"the VAE encoded {path} to non-finite latents (NaN/Inf); check the audio and the VAE's dtype"
+        )
+    return lat
+
+
+def _read_cache(path: str | None, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """The tensors ``names`` of a cache file, or ``None`` when there is none or it cannot be read (then the entry
+    is computed and written again, with a warning)."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in names}
+    except Exception as e:  # SafetensorError, a missing tensor: a damaged cache entry
+        import warnings
+
+        warnings.warn(f"cache file {path} cannot be read ({e}); computing it again", stacklevel=3)
+        return None
 
 
 def model_fingerprint(*modules: torch.nn.Module) -> str:
@@ -389,7 +528,6 @@ def prepare(
     from .conditioning import encode_condition
 
     device = pipe.transformer.device
-    sr = int(getattr(pipe, "sample_rate", 48000))
     vae = getattr(pipe, "vae", None)
     fp_vae = fp_cond = None
     items = []
@@ -401,22 +539,13 @@ def prepare(
             if vae is None:
                 raise DatasetError(f"sample {s.key!r} is audio but the pipeline has no VAE to encode it")
             fp_vae = fp_vae or model_fingerprint(vae)
-            with open(s.audio, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
+            digest = hashlib.sha256(_read_bytes(s.audio)).hexdigest()
             path = os.path.join(cache_dir, "latents", f"{digest[:24]}-{fp_vae}.safetensors") if cache_dir else None
-            if path and os.path.isfile(path):
-                with safe_open(path, framework="pt") as f:
-                    lat = f.get_tensor("latents")
+            cached = _read_cache(path, ("latents",))
+            if cached is not None:
+                lat = cached["latents"]
             else:
-                channels = int(getattr(vae.config, "audio_channels", 2))
-                audio = load_audio(s.audio, sr, channels).to(device=device, dtype=vae.dtype)
-                lat = vae.encode(audio[None]).latent_dist.mode()[0].transpose(0, 1).float().cpu()  # [T, C]
-                want = int(pipe.transformer.config.audio_acoustic_hidden_dim)
-                if lat.shape[1] != want:
-                    raise DatasetError(
-                        f"the VAE encodes {s.audio} to {lat.shape[1]} latent channels but the DiT takes {want}: "
-                        "the pipeline's VAE and transformer do not belong together"
-                    )
+                lat = encode_audio(pipe, s.audio)
                 if path:
                     _atomic_save({"latents": lat}, path, {"audio": os.path.basename(s.audio)})
         if max_seconds is not None:
@@ -431,10 +560,9 @@ def prepare(
             :32
         ]
         cpath = os.path.join(cache_dir, "condition", f"{ck}.safetensors") if cache_dir else None
-        if cpath and os.path.isfile(cpath):
-            with safe_open(cpath, framework="pt") as f:
-                ehs = f.get_tensor("encoder_hidden_states")
-                pos = f.get_tensor("lyric_positions").tolist()
+        cached = _read_cache(cpath, ("encoder_hidden_states", "lyric_positions"))
+        if cached is not None:
+            ehs, pos = cached["encoder_hidden_states"], cached["lyric_positions"].tolist()
         else:
             cond = encode_condition(pipe, [s.caption], [s.lyrics], duration, s.language, device=device)
             ehs = cond.encoder_hidden_states[0].float().cpu()

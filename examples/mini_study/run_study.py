@@ -66,15 +66,15 @@ def clean_voice_data(task: TinySongs, n: int, seed: int, real_lyrics: bool) -> l
 
 
 def train_variant(name: str, spec: dict, task: TinySongs, args: argparse.Namespace) -> str:
+    out = os.path.join(args.out, "adapters", name.replace("+", "_"))
+    done = os.path.join(out, "adapter", ADAPTER_FILE)
+    if os.path.isfile(done):  # trained by an earlier call
+        return done
     pipe = al.models.demo_pipeline(device=args.device)
     ds = al.train.AudioLyricsDataset.from_latents(
         clean_voice_data(task, args.train_lines, args.seed, spec["lyrics"]), allow_empty_lyrics=not spec["lyrics"]
     )
     lora = al.train.LoraConfig(rank=8, alpha=16, targets=("self_attn", "cross_attn"), projections=("q", "k", "v", "o"))
-    out = os.path.join(args.out, "adapters", name.replace("+", "_"))
-    done = os.path.join(out, "adapter", ADAPTER_FILE)
-    if os.path.isfile(done):  # trained by an earlier call
-        return done
     al.train.Trainer(
         pipe,
         lora,

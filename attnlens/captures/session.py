@@ -534,7 +534,8 @@ def capture(
 ) -> CaptureSession:
     """Capture cross-attention from a pipeline or a bare transformer of a known model family (ACE-Step:
     ``AceStepPipeline`` / ``AceStepTransformer1DModel``; Stable Audio: ``StableAudioPipeline`` /
-    ``StableAudioDiTModel``; or a family registered with ``al.adapters.register``).
+    ``StableAudioDiTModel``; PixArt: ``PixArtSigmaPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtTransformer2DModel``;
+    or a family registered with ``al.adapters.register``).
 
     Args:
         model: the pipeline or the transformer.

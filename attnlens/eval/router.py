@@ -81,6 +81,19 @@ def raw_features(info: PromptInfo, groups: Sequence[Mapping[str, Any]], extra: M
     return frozenset(tokens), numeric
 
 
+def metric_grid(results: pd.DataFrame, variants: Sequence[str], metric: str) -> pd.DataFrame:
+    """``[prompt (as str), variant]``: each variant's mean ``metric`` over the seeds of each prompt; every variant
+    must have every prompt."""
+    pcol = prompt_column(results)
+    rows = results[results["variant"].isin(variants)]
+    grid = rows.pivot_table(
+        index=rows[pcol].astype(str), columns="variant", values=metric, aggfunc="mean", sort=False
+    ).reindex(columns=list(variants))
+    if grid.isna().any().any():
+        raise ValueError(f"some of the variants {list(variants)} lack some prompts; every one needs every prompt")
+    return grid
+
+
 def build_problem(
     results: pd.DataFrame,
     features: Sequence[Any],
@@ -100,11 +113,7 @@ def build_problem(
     unknown = [v for v in variants if v not in known]
     if unknown or len(variants) < 2:
         raise ValueError(f"a router needs at least two variants of the table {known}; got {variants}")
-    grid = df[df["variant"].isin(variants)].pivot_table(
-        index=pcol, columns="variant", values=metric, aggfunc="mean", sort=False
-    )[variants]
-    if grid.isna().any().any():
-        raise ValueError("some variants lack some prompts; routing needs every variant scored on every prompt")
+    grid = metric_grid(df, variants, metric)
     infos = prompt_infos(df, prompts)
     ids = [str(p) for p in grid.index]
     groups: list[dict[str, Any]] = []

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .router import DEFAULT_LAMBDAS, build_problem, fit_on
-from .stats import DEFAULT_RESAMPLES, compare, prompt_column, summarize
+from .router import DEFAULT_LAMBDAS, build_problem, fit_on, metric_grid
+from .stats import DEFAULT_RESAMPLES, compare, prompt_column, summarize, winners
 
 SYSTEMS = ("routed", "best single", "single (train)", "oracle", "random", "merged (train)")
 
@@ -117,20 +117,14 @@ def evaluate_router(
     problem = build_problem(
         results, features, prompts=prompts, pipe=pipe, metric=metric, variants=variants, generate_kwargs=generate_kwargs
     )
-    n, V = problem.y.shape
+    n, n_variants = problem.y.shape
     fold_of = np.empty(n, dtype=int)
     routed = np.empty(n, dtype=int)
     single = np.empty(n, dtype=int)
     merge_pick: list[str] = [""] * n
     pcol = prompt_column(results)
     ids = results[pcol].astype(str)
-    mgrid = None
-    if merged:
-        mres = results[results["variant"].isin(merged)]
-        mgrid = mres.pivot_table(index=mres[pcol].astype(str), columns="variant", values=metric, aggfunc="mean")
-        mgrid = mgrid.reindex(index=problem.ids, columns=merged)
-        if mgrid.isna().any().any():
-            raise ValueError("some merged variants lack some prompts; score every merge on every prompt")
+    mgrid = metric_grid(results, merged, metric).reindex(index=problem.ids).to_numpy() if merged else None
     for f, test in enumerate(prompt_folds(n, folds, seed)):
         train = np.setdiff1d(np.arange(n), test)
         router = fit_on(problem, train, lambdas, min_count)
@@ -138,18 +132,17 @@ def evaluate_router(
         fold_of[test], routed[test] = f, np.argmin(pred, axis=1)
         single[test] = int(np.argmin(problem.y[train].mean(axis=0)))
         if mgrid is not None:
-            best_merge = merged[int(np.argmin(mgrid.to_numpy()[train].mean(axis=0)))]
+            best_merge = merged[int(np.argmin(mgrid[train].mean(axis=0)))]
             for i in test:
                 merge_pick[i] = best_merge
-    y = problem.y
-    best = y.min(axis=1)
-    is_best = np.abs(y - best[:, None]) <= 1e-9
-    overall = int(np.argmin(y.mean(axis=0)))
+    won = winners(results[results["variant"].isin(problem.variants)], metric).per_prompt
+    won = won.set_axis(won.index.astype(str)).loc[problem.ids]  # each prompt's best variants and their value
+    overall = int(np.argmin(problem.y.mean(axis=0)))
     choices = {
         "routed": [problem.variants[j] for j in routed],
         "best single": [problem.variants[overall]] * n,
         "single (train)": [problem.variants[j] for j in single],
-        "oracle": [problem.variants[int(np.argmin(r))] for r in y],
+        "oracle": [b[0] for b in won["best"]],
     }
     if mgrid is not None:
         choices["merged (train)"] = merge_pick
@@ -164,26 +157,25 @@ def evaluate_router(
     table = pd.concat(frames, ignore_index=True)[keys + ["variant", metric]]
     summary = summarize(table, metrics=[metric], by=pcol, n_resamples=n_resamples, confidence=confidence, seed=seed)
     summary["chosen"] = [
-        ", ".join(sorted(set(choices[s]))) if s in choices else "uniform over " + str(V) for s in summary.index
+        ", ".join(sorted(set(choices[s]))) if s in choices else f"uniform over {n_variants}" for s in summary.index
     ]
     order = [s for s in SYSTEMS if s in summary.index]
     summary = summary.loc[order]
     comparison = compare(table, "routed", "best single", metric, by=pcol, n_resamples=n_resamples, seed=seed)
-    comparison = comparison.copy()
     if comparison["ci_hi"] < 0:
         verdict = "better than the best single variant"
     elif comparison["ci_lo"] > 0:
         verdict = "worse than the best single variant"
     else:
         verdict = "not distinguishable from the best single variant"
-    correct = is_best[np.arange(n), routed]
+    correct = np.array([v in b for v, b in zip(choices["routed"], won["best"])])
     per_prompt = pd.DataFrame(
         {
             "fold": fold_of,
             "routed": choices["routed"],
-            "best": [[v for v, b in zip(problem.variants, row) if b] for row in is_best],
-            "routed_value": y[np.arange(n), routed],
-            "oracle_value": best,
+            "best": list(won["best"]),
+            "routed_value": problem.y[np.arange(n), routed],
+            "oracle_value": won["value"].to_numpy(),
             "correct": correct,
         },
         index=pd.Index(problem.ids, name=pcol),

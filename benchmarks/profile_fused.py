@@ -6,6 +6,10 @@ Full-size shapes of the ACE-Step DiT's cross-attention: q ``[1, T, 16, 128]`` fo
 header, sung lines of 7 tokens each closed by a line break, structure tags every 8 lines, one timbre key, a
 caption, padding) or the one of ``bench_capture.py`` (``--layout bench``: 29 sung tokens, then 24 lyric_meta).
 
+Then the library's configuration (``DEFAULT_CONFIG``) at other segment counts (``--segments``: the same keys, the
+sung tokens one segment, the other keys cut into runs, one segment each) and with the last ``--masked`` share of
+the keys masked out of the softmax (segment code -2), at the largest T and in the batched launch.
+
 Every configuration is compiled first (in ``--jobs`` processes sharing Triton's on-disk cache), then timed with
 ``triton.testing.do_bench_cudagraph`` (median over replays of a CUDA graph of many calls: GPU time without the
 launch cost; the launch cost is reported separately). Errors are max abs differences from
@@ -32,10 +36,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnlens.reducers.fused import FusedConfig, reduce_fused  # noqa: E402
+from attnlens.reducers.fused import DEFAULT_CONFIG, FusedConfig, new_outputs, reduce_fused  # noqa: E402
+from attnlens.segments import MASKED_CODE  # noqa: E402
 
 H, KVH, D, GROUP = 16, 8, 128, 2
 N_LAYERS = 24
+N_SEG = 5  # the segments of both layouts below (ACE-Step's: lyric, lyric_meta, timbre, caption, padding)
 
 # Named kernel configurations compared here: the plain formulas, one switch at a time, all switches (the library
 # runs DEFAULT_CONFIG, "all_nogqa" below); with gqa (G = 2 heads of a KV group per program) a program holds
@@ -79,6 +85,16 @@ def bench_layout(n_keys: int = 769) -> tuple[list[int], int]:
     return codes, 29
 
 
+def spread_segments(codes: list[int], n_seg: int) -> list[int]:
+    """The same keys over ``n_seg`` segments: the sung tokens (code 0) keep code 0, the other keys are cut into
+    ``n_seg - 1`` runs of consecutive keys, codes ``1 .. n_seg - 1`` (one segment: every key code 0)."""
+    others = [j for j, c in enumerate(codes) if c != 0]
+    out = [0] * len(codes)
+    for r, j in enumerate(others):
+        out[j] = 0 if n_seg == 1 else 1 + r * (n_seg - 1) // len(others)
+    return out
+
+
 def sweep_configs(quick: bool = False) -> list[FusedConfig]:
     """The configurations to time: baselines, one switch at a time, then all switches with launch shapes."""
     plain = VARIANTS["plain"]
@@ -109,37 +125,50 @@ def sweep_configs(quick: bool = False) -> list[FusedConfig]:
     alls += [replace(n, block_s=32, order=False), replace(n, block_s=32, argmax="pair")]
     cfgs = [plain, replace(plain, block_s=32)] + one + alls
     if quick:
-        cfgs = [plain, alls[0], alls[2], alls[11]]
+        cfgs = [plain, alls[0], alls[1], alls[2], alls[11]]  # alls[1]: DEFAULT_CONFIG
     return cfgs
 
 
-def make_inputs(T: int, S: int, layout: str, layers: int = 1, seed: int = 0, device: str = "cuda") -> dict:
+def make_inputs(
+    T: int,
+    S: int,
+    layout: str,
+    layers: int = 1,
+    seed: int = 0,
+    device: str = "cuda",
+    n_seg: int = N_SEG,
+    masked: float = 0.0,
+) -> dict:
+    """Inputs of one launch; ``n_seg`` other than 5: :func:`spread_segments`; ``masked``: that share of the keys,
+    the last ones (caption and padding, never sung tokens), masked out of the softmax."""
     g = torch.Generator(device=device).manual_seed(seed)
     lead = (layers,) if layers > 1 else ()
     q = torch.randn(*lead, 1, T, H, D, device=device, generator=g).to(torch.bfloat16)
     k = torch.randn(*lead, 1, S, KVH, D, device=device, generator=g).to(torch.bfloat16)
     codes, _ = (song_layout if layout == "song" else bench_layout)(S)
+    sung = torch.tensor([codes], device=device) == 0
+    if n_seg != N_SEG:
+        codes = spread_segments(codes, n_seg)
     seg = torch.tensor([codes], device=device, dtype=torch.int32)
+    n_masked = round(masked * S)
+    if n_masked:
+        seg[0, S - n_masked :] = MASKED_CODE
+        sung[0, S - n_masked :] = False
     lidx = torch.full_like(seg, -1)
-    pos = (seg[0] == 0).nonzero().flatten()
+    pos = sung[0].nonzero().flatten()
     lidx[0, pos] = torch.arange(len(pos), device=device, dtype=torch.int32)
     nl = (lidx >= 0).sum(1).to(torch.int32)
     heads = torch.arange(H, device=device, dtype=torch.int32)
-    f32, i32 = torch.float32, torch.int32
-    out = {
-        "entropy": torch.empty(*lead, 1, H, T, device=device, dtype=f32),
-        "mass": torch.empty(*lead, 1, H, T, 5, device=device, dtype=f32),
-        "argmax": torch.empty(*lead, 1, H, T, device=device, dtype=i32),
-        "entropy_lyric": torch.empty(*lead, 1, H, T, device=device, dtype=f32),
-        "lyric_argmax": torch.empty(*lead, 1, H, T, device=device, dtype=i32),
-    }
+    out = new_outputs(torch.device(device), lead, 1, H, T, n_seg)
     return dict(q=q, k=k, seg=seg, lidx=lidx, nl=nl, heads=heads, out=out)
 
 
 def call(inp: dict, cfg: FusedConfig) -> dict:
+    n_seg = inp["out"]["mass"].shape[-1]
     return reduce_fused(
-        inp["q"], inp["k"], D**-0.5, inp["heads"], GROUP, inp["seg"], inp["lidx"], inp["nl"], out=inp["out"], config=cfg
-    )
+        inp["q"], inp["k"], D**-0.5, inp["heads"], GROUP, inp["seg"], inp["lidx"], inp["nl"], out=inp["out"],
+        config=cfg, n_seg=n_seg,
+    )  # fmt: skip
 
 
 def _compile_worker(args: tuple[list[dict], int, str]) -> list[str]:
@@ -220,10 +249,14 @@ def reference(inp: dict) -> list[dict]:
     q, k = inp["q"], inp["k"]
     qs, ks = (q, k) if q.ndim == 5 else (q[None], k[None])
     heads = inp["heads"].long()
-    oh = segment_onehot(inp["seg"].long(), 5)
+    seg = inp["seg"].long()
+    oh = segment_onehot(seg, inp["out"]["mass"].shape[-1])
+    valid = seg != MASKED_CODE
     refs = []
     for li in range(qs.shape[0]):
-        r, _ = reduce_reference(qs[li][:, :, heads], ks[li], D**-0.5, heads // GROUP, oh, inp["lidx"].long(), inp["nl"])
+        r, _ = reduce_reference(
+            qs[li][:, :, heads], ks[li], D**-0.5, heads // GROUP, oh, inp["lidx"].long(), inp["nl"], key_valid=valid
+        )
         refs.append(r)
     return refs
 
@@ -248,6 +281,8 @@ def main() -> None:
     ap.add_argument("--batched-frames", type=int, default=125, help="T of the batched all-layers launch (0: skip)")
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="compile processes")
     ap.add_argument("--quick", action="store_true", help="five configurations only")
+    ap.add_argument("--segments", type=int, nargs="*", default=[1, 3, 7, 16], help="segment counts for DEFAULT_CONFIG")
+    ap.add_argument("--masked", type=float, default=0.25, help="share of keys masked for DEFAULT_CONFIG (0: skip)")
     ap.add_argument("--smoke", action="store_true", help="check the script on the CPU (Triton interpreter, tiny)")
     args = ap.parse_args()
     device = "cuda"
@@ -259,7 +294,7 @@ def main() -> None:
 
         patches.enter_context(interpreter_bf16_dot())  # bf16 dots as exact fp32 until main() returns
         device, args.frames, args.keys, args.layout, args.batched_frames, args.jobs = "cpu", [20], 64, "bench", 20, 1
-        args.quick = True
+        args.quick, args.segments = True, [3]
     elif not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
     import triton
@@ -278,8 +313,8 @@ def main() -> None:
         shapes.append((f"T{args.batched_frames}x{n_batched}L", args.batched_frames, n_batched))
     results: dict[str, dict] = {lab: {"config": asdict(c), "shapes": {}} for lab, c in zip(labels, cfgs)}
 
-    def measure(shape: str, T: int, L: int, layout: str, which: list[str]) -> None:
-        inp = make_inputs(T, S, layout, layers=L, device=device)
+    def measure(shape: str, T: int, L: int, layout: str, which: list[str], n_seg: int = N_SEG, masked: float = 0.0):
+        inp = make_inputs(T, S, layout, layers=L, device=device, n_seg=n_seg, masked=masked)
         refs = reference(inp)
         sync()
         for lab in which:
@@ -296,8 +331,9 @@ def main() -> None:
             except Exception as e:
                 rec["error"] = f"{type(e).__name__}: {e}"[:500]
             results[lab]["shapes"][shape] = rec
-        base = results[labels[0]]["shapes"][shape].get("ms_per_layer")
-        print(f"\n== {shape} (T={T}, layers per launch {L}, {layout} layout); ms per layer, speed-up vs {labels[0]}")
+        base = results[which[0]]["shapes"][shape].get("ms_per_layer")
+        print(f"\n== {shape} (T={T}, layers per launch {L}, {layout} layout, {n_seg} segments, {masked:.0%} masked);"
+              f" ms per layer, speed-up vs {which[0]}")  # fmt: skip
         rows = sorted((results[lab]["shapes"][shape].get("ms_per_layer", math.inf), lab) for lab in which)
         for ms, lab in rows:  # fastest first
             rec = results[lab]["shapes"][shape]
@@ -325,6 +361,16 @@ def main() -> None:
         measure(f"{big}_{other}", max(args.frames), 1, other, [labels[0]] + [x for x in by_big[:3] if x != labels[0]])
     except ValueError as e:  # too few keys for the song layout
         print(f"\nskipped the {other} layout: {e}")
+
+    # the library's configuration at other segment counts and with masked keys: at the largest T and batched
+    default = DEFAULT_CONFIG.label()
+    extra = [(n, 0.0) for n in args.segments if n != N_SEG] + ([(N_SEG, args.masked)] if args.masked else [])
+    if default in labels and extra:
+        for shape, T, L in [s for s in shapes if s[0] == big or (s[2] > 1 and not args.smoke)]:
+            for n, f in extra:
+                measure(
+                    f"{shape}_seg{n}" + (f"_masked{round(100 * f)}" if f else ""), T, L, args.layout, [default], n, f
+                )
 
     # launch cost (host) of the baseline and the fastest configuration at the largest T
     best = by_big[0]

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from profile_fused import GROUP, D, H, make_inputs  # noqa: E402
+from profile_fused import GROUP, N_SEG, D, H, make_inputs  # noqa: E402
 
 from attnlens.devices import upload  # noqa: E402
 from attnlens.reducers import fused  # noqa: E402
@@ -72,10 +72,10 @@ def main() -> None:
     dev_tab = torch.empty(2 * args.layers, dtype=torch.int64, device=dev)
 
     def launch_list():
-        fused.reduce_fused(qs, ks, scale, heads, GROUP, seg, lidx, nl, out=out, slot=0, heads_list=hl)
+        fused.reduce_fused(qs, ks, scale, heads, GROUP, seg, lidx, nl, out=out, slot=0, heads_list=hl, n_seg=N_SEG)
 
     def launch_stacked():
-        fused.reduce_fused(q1, k1, scale, heads, GROUP, seg, lidx, nl, out=out, slot=0, heads_list=hl)
+        fused.reduce_fused(q1, k1, scale, heads, GROUP, seg, lidx, nl, out=out, slot=0, heads_list=hl, n_seg=N_SEG)
 
     pieces = {
         "reduce_fused, list of layers (offset tables)": launch_list,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -226,7 +227,7 @@ def test_fused_block_shapes_and_batched_layers(cfg, bf16_dot):
         "lyric_argmax": torch.full((L + 1, B, h, T), -7, device=DEV, dtype=torch.int32),
     }
     config = _config("all", **cfg)
-    reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=out, slot=1, config=config)
+    reduce_fused(q, k, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=out, slot=1, config=config, n_seg=5)
     onehot = segment_onehot(seg, 5)
     for li in range(L):
         ref, _ = reduce_reference(q[li][:, :, heads], k[li], 0.25, heads // 2, onehot, lidx, nl)
@@ -236,7 +237,9 @@ def test_fused_block_shapes_and_batched_layers(cfg, bf16_dot):
     qs = [c[0].to(DEV) for c in cases]
     ks = [c[1].to(DEV) for c in cases]
     listed = {n: torch.full_like(v, -7) for n, v in out.items()}
-    reduce_fused(qs, ks, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=listed, slot=1, config=config)
+    reduce_fused(
+        qs, ks, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=listed, slot=1, config=config, n_seg=5
+    )
     for n in out:
         assert torch.equal(listed[n], out[n]), n
 
@@ -250,7 +253,9 @@ def test_fused_block_shapes_and_batched_layers(cfg, bf16_dot):
     ):
         assert not qx[1].is_contiguous()
         got = {n: torch.full_like(v, -7) for n, v in out.items()}
-        reduce_fused(qx, kx, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=got, slot=1, config=config)
+        reduce_fused(
+            qx, kx, 0.25, heads.int(), 2, seg.int(), lidx.int(), nl.int(), out=got, slot=1, config=config, n_seg=5
+        )
         for n in out:
             assert torch.equal(got[n], out[n]), (name, n)
 
@@ -575,7 +580,9 @@ def test_maps_in_flight_are_held_to_twice_the_stash_budget():
 
 # ------------------------------------------------------------------------------ segment counts and key masks
 def _independent(q, k, scale, heads, group, codes, lidx, n_seg):
-    """Statistics from torch's softmax with masked keys at -inf, sums per segment written out one by one."""
+    """Statistics written out from their definitions, in float64: torch's softmax with the masked keys (code -2) at
+    -inf, as ``scaled_dot_product_attention`` takes a boolean mask; the mass of segment ``g`` as an explicit sum over
+    the keys of code ``g``; entropies normalized by the log of each item's unmasked keys, and of its lyric keys."""
     B, T, _, _ = q.shape
     h = len(heads)
     kv = torch.tensor([hh // group for hh in heads])
@@ -583,52 +590,212 @@ def _independent(q, k, scale, heads, group, codes, lidx, n_seg):
     valid = codes != -2  # [B, S]
     logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
     P = torch.softmax(logits, dim=-1)  # [B, h, T, S]
-    n_keys = valid.sum(1).double()[:, None, None]
-    plogp = torch.where(P > 0, P * P.clamp_min(1e-300).log(), torch.zeros_like(P))
-    ent = -plogp.sum(-1) / n_keys.log()
-    mass = torch.stack([(P * (codes == g)[:, None, None, :]).sum(-1) for g in range(n_seg)], dim=-1)
-    amax = logits.argmax(-1)
-    out = {"entropy": ent, "mass": mass, "argmax": amax}
-    lyr = torch.full((B, h, T), -1, dtype=torch.long)
+    out = {"entropy": torch.zeros(B, h, T, dtype=torch.float64), "entropy_lyric": torch.zeros(B, h, T).double()}
+    out["lyric_argmax"] = torch.full((B, h, T), -1, dtype=torch.long)
+    out["mass"] = torch.zeros(B, h, T, n_seg, dtype=torch.float64)
     for b in range(B):
+        keep = valid[b].nonzero().flatten()
+        p = P[b][..., keep]
+        out["entropy"][b] = -(p * p.log()).nan_to_num().sum(-1) / math.log(len(keep))
+        for g in range(n_seg):
+            for j in (codes[b] == g).nonzero().flatten().tolist():
+                out["mass"][b, ..., g] += P[b, ..., j]
         pos = (lidx[b] >= 0).nonzero().flatten()
         if len(pos):
-            lyr[b] = lidx[b][pos][logits[b][..., pos].argmax(-1)]
-    out["lyric_argmax"] = lyr
-    return out, valid
+            a = torch.softmax(logits[b][..., pos], dim=-1)
+            out["entropy_lyric"][b] = -(a * a.log()).nan_to_num().sum(-1) / math.log(max(len(pos), 2))
+            out["lyric_argmax"][b] = lidx[b][pos][logits[b][..., pos].argmax(-1)]
+    out["argmax"] = logits.argmax(-1)  # the first of equal maxima; a masked key (-inf) only if all are masked
+    return out, P
 
 
-@pytest.mark.parametrize("n_seg", [1, 3, 7])
-@pytest.mark.parametrize("variant", ["plain", "all_nogqa", "plain"])
-def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
-
-    from attnlens.reducers.fused import reduce_fused
-
-    g = torch.Generator().manual_seed(n_seg)
-    B, T, H, KVH, D, S = 2, 20, 4, 2, 16, 45
+def _masked_case(n_seg, seed):
+    """Two items of 45 keys in packed runs of ``n_seg`` segments. Item 0: masked keys at the start (the first key of
+    segment 0's run), in the middle of a run and at the start of the last segment's run, one unknown key (code -1:
+    in the softmax, in no segment). Item 1: about 70 % of its keys masked, at random."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, H, KVH, D, S = 2, 12, 4, 2, 16, 45
     q = torch.randn(B, T, H, D, generator=g) * 2
     k = torch.randn(B, S, KVH, D, generator=g) * 2
     codes = torch.sort(torch.randint(0, n_seg, (B, S), generator=g), dim=1).values  # packed runs
-    codes[0, 0] = -2  # masked: the first key, one in the middle of a run, and a run of eight
-    codes[0, 20] = -2
-    codes[1, 30:38] = -2
+    codes[:, -1] = n_seg - 1  # every item reaches the last segment code
+    codes[0, 0] = codes[0, 21] = -2
+    codes[0, int((codes[0] == codes[0].max()).nonzero()[0])] = -2
+    codes[0, 30] = -1
+    codes[1, torch.rand(S, generator=g) < 0.7] = -2
+    codes[1, :2] = torch.tensor([0, min(1, n_seg - 1)])  # at least two keys in the softmax
     lidx = torch.full((B, S), -1, dtype=torch.long)
     for b in range(B):
         pos = (codes[b] == 0).nonzero().flatten()
         lidx[b, pos] = torch.arange(len(pos))
-    nl = (lidx >= 0).sum(1)
-    heads = [0, 1, 2, 3]
-    want, valid = _independent(q, k, 0.25, heads, 2, codes, lidx, n_seg)
+    return q, k, codes, lidx, (lidx >= 0).sum(1)
+
+
+def _check_independent(out, want, atol):
+    for name in ("entropy", "mass", "entropy_lyric"):
+        assert torch.allclose(out[name].double(), want[name], atol=atol), (name, (out[name] - want[name]).abs().max())
+    for name in ("argmax", "lyric_argmax"):
+        assert torch.equal(out[name].long(), want[name]), name
+
+
+@pytest.mark.parametrize("n_seg", [1, 3, 5, 7, 16])
+def test_reference_takes_any_segment_count_and_masked_keys(n_seg):
+    from attnlens.reducers.stats import reduce_reference, segment_onehot
+
+    q, k, codes, lidx, nl = _masked_case(n_seg, seed=n_seg)
+    heads = [0, 1, 3]
+    want, P = _independent(q, k, 0.25, heads, 2, codes, lidx, n_seg)
+    hs = torch.tensor(heads)
+    valid = codes != -2
+    out, maps = reduce_reference(q[:, :, hs], k, 0.25, hs // 2, segment_onehot(codes, n_seg), lidx, nl, True, valid)
+    assert out["mass"].shape == (2, 3, 12, n_seg)
+    _check_independent(out, want, 1e-5)
+    assert torch.allclose(maps.double(), P, atol=1e-6)
+    assert torch.all(maps[~valid[:, None, None, :].expand_as(maps)] == 0)  # masked: exactly 0
+
+
+@pytest.mark.parametrize("variant", ["plain", "all_nogqa"])
+@pytest.mark.parametrize("n_seg", [1, 3, 5, 7, 16])
+def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
+    """Any segment count (the accumulator's columns, the key plan's descriptor up to code 15) and masked keys,
+    against the definitions written out."""
+    from attnlens.reducers.fused import reduce_fused
+
+    q, k, codes, lidx, nl = _masked_case(n_seg, seed=n_seg)
+    heads = [0, 3]
+    want, P = _independent(q, k, 0.25, heads, 2, codes, lidx, n_seg)
     cfg = _config(variant, block_t=16, block_s=16)
-    out = reduce_fused(q, k, 0.25, torch.tensor(heads, dtype=torch.int32), 2, codes.int(), lidx.int(), nl.int(),
-                       config=cfg, n_seg=n_seg)  # fmt: skip
-    assert out["mass"].shape == (B, 4, T, n_seg)
-    assert torch.allclose(out["entropy"].double(), want["entropy"], atol=2e-5)
-    assert torch.allclose(out["mass"].double(), want["mass"], atol=2e-5)
-    assert torch.allclose(out["mass"].sum(-1), torch.ones(()), atol=2e-5)  # every key in a segment or masked
-    assert torch.equal(out["argmax"].long(), want["argmax"])
-    assert bool(valid.gather(1, out["argmax"].long().flatten(1)).all())  # never a masked key
-    assert torch.equal(out["lyric_argmax"].long(), want["lyric_argmax"])
+    hs = torch.tensor(heads, dtype=torch.int32)
+    out = reduce_fused(q, k, 0.25, hs, 2, codes.int(), lidx.int(), nl.int(), config=cfg, n_seg=n_seg)
+    assert out["mass"].shape == (2, 2, 12, n_seg)
+    _check_independent(out, want, 2e-5)
+    unknown = P[:, :, :, 30].float()  # item 0's key of code -1: in the softmax, in no segment
+    assert torch.allclose(out["mass"].sum(-1), torch.stack([1 - unknown[0], torch.ones_like(unknown[1])]), atol=2e-5)
+    assert bool((codes != -2).gather(1, out["argmax"].long().flatten(1)).all())  # never a masked key
+
+
+@pytest.mark.parametrize("variant", ["plain", "all_nogqa"])
+def test_argmax_skips_a_masked_maximum_and_breaks_ties_to_the_first_key(variant):
+    """A masked key holds the largest logit of every row; three keys tie exactly below it, the first of them masked
+    too: the argmax is the first unmasked one of the tie (as on masked logits in torch), on both paths."""
+    from attnlens.reducers.fused import reduce_fused
+    from attnlens.reducers.stats import reduce_reference, segment_onehot
+
+    g = torch.Generator().manual_seed(5)
+    B, T, H, D, S = 1, 10, 2, 16, 40
+    q = torch.randn(B, T, H, D, generator=g)
+    q[..., 0] = 4.0
+    k = torch.randn(B, S, 1, D, generator=g)
+    v = torch.randn(1, D, generator=g)
+    v[0, 0] = 20.0
+    for j in (3, 17, 25):  # 3 masked; 17 (segment 1) and 25 (segment 2) tie
+        k[0, j] = v
+    k[0, 30, :, 0] = 40.0  # masked, the largest logit of every row
+    codes = torch.tensor([[0] * 10 + [1] * 10 + [2] * 20])
+    codes[0, [3, 30]] = -2
+    lidx = torch.full((B, S), -1)
+    lidx[0, [0, 1, 2, 4]] = torch.arange(4)
+    nl = (lidx >= 0).sum(1)
+    valid = codes != -2
+    raw = torch.einsum("bthd,bsd->bts", q, k[:, :, 0])
+    assert bool((raw.argmax(-1) == 30).all())  # without the mask the argmax would be the masked key
+    want, _ = _independent(q, k, 0.25, [0, 1], 2, codes, lidx, 3)
+    assert bool((want["argmax"] == 17).all())
+    hs = torch.tensor([0, 1])
+    ref, _ = reduce_reference(q, k, 0.25, hs // 2, segment_onehot(codes, 3), lidx, nl, key_valid=valid)
+    cfg = _config(variant, block_t=16, block_s=16)
+    out = reduce_fused(q, k, 0.25, hs.int(), 2, codes.int(), lidx.int(), nl.int(), config=cfg, n_seg=3)
+    for got in (ref, out):
+        _check_independent(got, want, 2e-5)
+
+
+def test_entropy_is_normalized_by_each_items_unmasked_keys():
+    """Hand-computed: logits (0, log 3) over item 0's two unmasked keys give P = (1/4, 3/4) and H = (-(1/4) log(1/4)
+    - (3/4) log(3/4)) / log 2 = 0.8112781; item 1 is uniform over its three unmasked keys: H = log 3 / log 3 = 1 (a
+    normalization by log S, S = 4 keys, would give 0.79); item 2 has one key in the softmax: H = 0, P = 1."""
+    from attnlens.reducers.fused import reduce_fused
+    from attnlens.reducers.stats import reduce_reference, segment_onehot
+
+    B, S, D = 3, 4, 16
+    q = torch.zeros(B, 1, 1, D)
+    q[..., 0] = 1.0
+    k = torch.zeros(B, S, 1, D)
+    k[:, :, 0, 0] = torch.tensor([[0.0, math.log(3), 5.0, 7.0], [0.0, 0.0, 0.0, 9.0], [2.0, 1.0, 3.0, 0.0]])
+    codes = torch.tensor([[0, 1, -2, -2], [0, 1, 0, -2], [-2, 1, -2, -2]])
+    lidx = torch.full((B, S), -1)
+    nl = torch.zeros(B, dtype=torch.long)
+    h = torch.tensor([0])
+    ref, _ = reduce_reference(q, k, 1.0, h, segment_onehot(codes, 2), lidx, nl, key_valid=codes != -2)
+    out = reduce_fused(q, k, 1.0, h.int(), 1, codes.int(), lidx.int(), nl.int(), block_t=16, block_s=16, n_seg=2)
+    for got in (ref, out):
+        assert torch.allclose(got["entropy"].flatten(), torch.tensor([0.8112781, 1.0, 0.0]), atol=1e-6)
+        assert torch.allclose(got["mass"].flatten(0, 2), torch.tensor([[0.25, 0.75], [2 / 3, 1 / 3], [0.0, 1.0]]))
+        assert got["argmax"].flatten().tolist() == [1, 0, 1]
+        assert got["lyric_argmax"].flatten().tolist() == [-1, -1, -1]
+
+
+def test_full_maps_give_masked_keys_exactly_zero_as_sdpa_does():
+    """probabilities, layer_probabilities and the reference path's maps with a key mask: masked keys exactly 0, and
+    P·V equal to scaled_dot_product_attention's output under the same boolean mask."""
+    import torch.nn.functional as F
+
+    from attnlens.reducers.stats import layer_probabilities, probabilities, reduce_reference, segment_onehot
+
+    g = torch.Generator().manual_seed(2)
+    B, T, H, KVH, D, S = 2, 5, 4, 2, 8, 9
+    q = torch.randn(B, T, H, D, generator=g)
+    ks = [torch.randn(B, S, KVH, D, generator=g) for _ in range(2)]
+    v = torch.randn(B, S, KVH, D, generator=g)
+    valid = torch.ones(B, S, dtype=torch.bool)
+    valid[0, [0, 4]] = False  # the first key and one in the middle
+    valid[1, 2:] = False  # all but two
+    qi, kvi = torch.arange(H), torch.arange(H) // 2
+    want = [
+        F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k[:, :, kvi].transpose(1, 2),
+            v[:, :, kvi].transpose(1, 2),
+            attn_mask=valid[:, None, None, :],
+            scale=0.3,
+        )  # fmt: skip
+        for k in ks
+    ]  # [B, H, T, D] per layer
+    maps = {
+        "probabilities": torch.stack([probabilities(q, k[:, :, kvi], 0.3, key_valid=valid) for k in ks]),
+        "layer_probabilities": layer_probabilities([q, q], ks, qi, kvi, 0.3, key_valid=valid),
+        "reduce_reference": torch.stack(
+            [
+                reduce_reference(
+                    q, k, 0.3, kvi, segment_onehot(~valid * -2, 1), torch.full((B, S), -1), torch.zeros(B), True, valid
+                )[1]
+                for k in ks
+            ]
+        ),  # fmt: skip
+    }
+    for name, P in maps.items():  # [L, B, H, T, S]
+        assert torch.all(P.masked_select(~valid[None, :, None, None, :]) == 0), name
+        for li in range(2):
+            got = torch.einsum("bhts,bshd->bhtd", P[li], v[:, :, kvi])
+            assert torch.allclose(got, want[li], atol=1e-5), name
+
+
+def test_fused_refuses_what_the_kernel_cannot_take():
+    """``scale <= 0`` (the reference path takes it), a segment count outside 1..16, a mass buffer of another width."""
+    from attnlens.reducers.fused import StatsLauncher, new_outputs, reduce_fused
+
+    q, k, seg, lidx, nl = _case(T=4, S=8)
+    args = (torch.tensor([0], dtype=torch.int32), 2, seg.int(), lidx.int(), nl.int())
+    with pytest.raises(ValueError, match="scale > 0"):
+        reduce_fused(q, k, 0.0, *args, n_seg=5)
+    with pytest.raises(ValueError, match="scale > 0"):
+        StatsLauncher(-0.1, *args, n_seg=5)
+    for n in (0, 17):
+        with pytest.raises(ValueError, match="n_seg must be between 1 and 16"):
+            StatsLauncher(0.25, *args, n_seg=n)
+    with pytest.raises(TypeError):
+        StatsLauncher(0.25, *args)  # no default segment count
+    with pytest.raises(ValueError, match="mass buffer holds 4 segments"):
+        reduce_fused(q, k, 0.25, *args, out=new_outputs(q.device, (), 2, 1, 4, 4), n_seg=5)
 
 
 def test_key_plan_leaves_masked_keys_out():

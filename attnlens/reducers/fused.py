@@ -3,17 +3,20 @@
 For a block of query frames of one (batch item, head) the kernel streams over the keys in blocks and keeps, in
 fp32 registers, the online-softmax state (running max ``m``, ``l = Σ e^{s-m}``) and the sums it needs::
 
-    entropy      H = log l + m - (Σ e^{s-m} s) / l                   (then / log S)
+    entropy      H = log l + m - (Σ e^{s-m} s) / l                   (then / log n_b)
     mass[g]      = (Σ_{j in g} e^{s-m}) / l
     argmax       first index of the running maximum
     lyric-only   the same over keys in L: H_L = log l_L + m_L - (Σ_L e^{s-m_L} s) / l_L  (then / log n), argmax_L
 
-with ``g`` over the layout's ``n_seg`` segments (1 to 15, a compile-time constant: one accumulator column each, the
-count rounded up to a power of two). Masked keys (segment code ``MASKED_CODE``) are out of the softmax: the key
-plan leaves them out of the order the kernel reads keys in; entropy is normalized by
-the log of each item's unmasked key count. These are exact rewrites of the reference definitions
-(:mod:`attnlens.reducers.stats`); only the summation order differs. Logits use ``tl.dot`` with fp32 accumulation (IEEE fp32 products for fp32 inputs, exact products for
-bf16/fp16 inputs). Needs CUDA, Triton and ``head_dim >= 16``; elsewhere the reference path runs.
+with the sums over the keys in the softmax, ``g`` over the layout's ``n_seg`` segments (1 to 16, a compile-time
+constant: one column each of a ``[rows, NSEG_P]`` accumulator, ``NSEG_P`` the count rounded up to a power of two;
+keys of code -1 are in the softmax and in no segment) and ``n_b`` the number of keys in the softmax of batch item
+``b`` (entropy 0 when ``n_b <= 1``). Masked keys (segment code ``MASKED_CODE``, -2: probability exactly 0, as a
+False of a boolean SDPA mask) are out of every sum: the key plan leaves them out of the order the kernel reads keys
+in, so they are never read, never the argmax and in no segment. These are exact rewrites of the reference
+definitions (:mod:`attnlens.reducers.stats`); only the summation order differs. Logits use ``tl.dot`` with fp32
+accumulation (IEEE fp32 products for fp32 inputs, exact products for bf16/fp16 inputs). Needs CUDA, Triton and
+``head_dim >= 16``; elsewhere the reference path runs.
 
 One kernel, one program per (frame block, batch item, selected head or head group), configured by
 :class:`FusedConfig` (``config=`` of :func:`reduce_fused`); its switches are exact rewrites of the formulas above:
@@ -113,6 +116,8 @@ LyricMode = Literal["mask", "gather", "share"]
 ArgmaxMode = Literal["sep", "pair", "eq"]
 _LYRIC_CODE = {"mask": 0, "gather": 1, "share": 2}
 _ARGMAX_CODE = {"sep": 0, "pair": 1, "eq": 2}
+MAX_SEG = 16
+"""The most segments a layout may have (the key plan's block descriptor holds a segment code + 1 in 5 bits)."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ class KeyPlan:
 
     ``order[b, j]``: packed key at position ``j`` (-1: padding); ``seg`` and ``lid``: segment code and lyric index
     at each position (-1 for padding); ``desc[b, i]``: bit 0 block full (no padding), bit 1 all its keys in L,
-    bit 2 some key in L, bits 4-7 lowest segment code + 1, bits 8-11 highest + 1; ``nblk[b] = (full blocks,
+    bit 2 some key in L, bits 4-8 lowest segment code + 1, bits 9-13 highest + 1; ``nblk[b] = (full blocks,
     blocks)``: the full blocks come first, then the partial ones (the kernel masks only those).
     """
 
@@ -245,9 +250,9 @@ def key_plan(seg_codes: torch.Tensor, lyric_index: torch.Tensor, block_s: int, l
     full = v3.all(-1)
     lall = (in3 | ~v3).all(-1) & v3.any(-1)
     lany = in3.any(-1)
-    lo = torch.where(v3, s3, 127).amin(-1).clamp(-1, 14)
-    hi = torch.where(v3, s3, -127).amax(-1).clamp(-1, 14)
-    desc = full.to(i64) | (lall.to(i64) << 1) | (lany.to(i64) << 2) | ((lo + 1) << 4) | ((hi + 1) << 8)
+    lo = torch.where(v3, s3, 127).amin(-1).clamp(-1, MAX_SEG - 1)
+    hi = torch.where(v3, s3, -127).amax(-1).clamp(-1, MAX_SEG - 1)
+    desc = full.to(i64) | (lall.to(i64) << 1) | (lany.to(i64) << 2) | ((lo + 1) << 4) | ((hi + 1) << 9)
     i32 = torch.int32
     nblk = torch.stack([n_full, n_all], dim=1)
     return KeyPlan(
@@ -434,8 +439,8 @@ if HAVE_TRITON:
             lsum = alpha * lsum + rs
             ps = alpha * (ps - shift) + rx
         g = g * alpha[:, None]
-        seg_lo = ((d >> 4) & 15) - 1
-        seg_hi = ((d >> 8) & 15) - 1
+        seg_lo = ((d >> 4) & 31) - 1  # (key_plan's descriptor)
+        seg_hi = ((d >> 9) & 31) - 1
         if seg_lo == seg_hi:
             g = _mass_add_uniform(g, seg_lo, w * rs, NSEG_P)
         else:  # masked sums for the segments present only
@@ -612,28 +617,33 @@ def reduce_fused(
     config: FusedConfig | None = None,
     heads_list: list[int] | None = None,
     tables: TableArena | None = None,
-    n_seg: int | None = None,
+    *,
+    n_seg: int,
 ) -> dict[str, torch.Tensor]:
     """Per-frame statistics with the fused kernel.
 
     q: ``[B, T, H, D]`` (all heads; ``heads`` selects, int32 ``[h]``), k: ``[B, S, KVH, D]``, seg_codes and
-    lyric_index: int32 ``[B, S]``, n_lyric: int32 ``[B]``. Several layers in one launch: lists of L query and L key
-    tensors of one shape (read in place through a :func:`~attnlens.reducers.layer_table.layer_table`), or stacked
-    q ``[L, B, T, H, D]`` and k ``[L, B, S, KVH, D]``, written to slots ``slot .. slot + L - 1``. Results go to ``out[name][slot]`` when
-    ``out`` holds contiguous buffers ``[n, B, h, T(, n_seg)]`` (a whole step's layers), else to new tensors
-    ``[B, h, T(, n_seg)]`` (``n_seg`` then required). Returns the dict of output tensors.
+    lyric_index: int32 ``[B, S]`` (segment code of each key in ``0 .. n_seg - 1``, -1: in the softmax but in no
+    segment, ``MASKED_CODE`` = -2: masked out of the softmax, with lyric index -1), n_lyric: int32 ``[B]``;
+    ``n_seg``: the layout's number of segments (1 to :data:`MAX_SEG`). Several layers in one launch: lists of L
+    query and L key tensors of one shape (read in place through a
+    :func:`~attnlens.reducers.layer_table.layer_table`), or stacked q ``[L, B, T, H, D]`` and k ``[L, B, S, KVH,
+    D]``, written to slots ``slot .. slot + L - 1``. Results go to ``out[name][slot]`` when ``out`` holds contiguous
+    buffers ``[n, B, h, T(, n_seg)]`` (a whole step's layers, :func:`new_outputs`), else to new tensors ``[B, h,
+    T(, n_seg)]``. Returns the dict of output tensors.
 
     ``config``: a :class:`FusedConfig`; without it, :data:`DEFAULT_CONFIG` (with ``block_t``, ``block_s``,
-    ``num_warps`` when any is given). The kernel needs ``scale > 0`` (it folds the scale into its exponent; the
-    reference path takes any scale). ``heads_list``: ``heads`` as a host list, when the caller has it: the launch
-    plan then needs no read-back from the device. ``tables``: where the layers' offset tables go (a
-    :class:`~attnlens.devices.TableArena` allocates nothing per launch); without it, a small upload per launch.
+    ``num_warps`` when any is given). The kernel needs ``scale > 0`` (it folds the scale into its exponent): any
+    other scale is a ``ValueError``; :func:`~attnlens.reducers.stats.reduce_reference` takes any scale.
+    ``heads_list``: ``heads`` as a host list, when the caller has it: the launch plan then needs no read-back from
+    the device. ``tables``: where the layers' offset tables go (a :class:`~attnlens.devices.TableArena` allocates
+    nothing per launch); without it, a small upload per launch.
     """
     if config is None:
         sizes = {"block_t": block_t, "block_s": block_s, "num_warps": num_warps}
         config = replace(DEFAULT_CONFIG, **{k: v for k, v in sizes.items() if v is not None})
     launcher = StatsLauncher(
-        scale, heads, group, seg_codes, lyric_index, n_lyric, config, heads_list, tables, n_seg=_n_seg(n_seg, out)
+        scale, heads, group, seg_codes, lyric_index, n_lyric, config, heads_list, tables, n_seg=n_seg
     )
     return launcher(q, k, out, slot)
 
@@ -650,19 +660,6 @@ def inv_log_keys(seg_codes: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 1, 1.0 / torch.log(n.clamp(min=2)), 0.0).to(torch.float32)
 
 
-def _n_seg(n_seg: int | None, out: dict[str, torch.Tensor] | None) -> int:
-    """The segment count: given, or the last dim of the ``mass`` buffer of ``out``."""
-    if n_seg is None and out is not None:
-        n_seg = int(out["mass"].shape[-1])
-    if n_seg is None:
-        raise ValueError("the number of segments is needed: pass n_seg=... (or out= buffers from new_outputs)")
-    if not 1 <= n_seg <= 15:
-        raise ValueError(f"n_seg must be between 1 and 15; got {n_seg}")
-    if out is not None and out["mass"].shape[-1] != n_seg:
-        raise ValueError(f"n_seg={n_seg} but the mass buffer holds {out['mass'].shape[-1]} segments")
-    return n_seg
-
-
 def _launch_options(cfg: FusedConfig) -> dict[str, int]:
     launch = {"num_warps": cfg.num_warps}
     if cfg.num_stages is not None:
@@ -676,7 +673,7 @@ def new_outputs(
     dev: torch.device, lead: tuple[int, ...], B: int, h: int, T: int, n_seg: int
 ) -> dict[str, torch.Tensor]:
     """The five output buffers of the statistics kernel, ``[*lead, B, h, T]`` (``mass``: ``[*lead, B, h, T,
-    N_SEG]``), as views of one allocation: each view starts 16-byte aligned, ``argmax`` and ``lyric_argmax`` are
+    n_seg]``), as views of one allocation: each view starts 16-byte aligned, ``argmax`` and ``lyric_argmax`` are
     int32 views of fp32 places (a capture moves and frees a step's statistics as one block)."""
     n = math.prod(lead) * B * h * T
     widths = {"entropy": 1, "mass": n_seg, "argmax": 1, "entropy_lyric": 1, "lyric_argmax": 1}
@@ -697,8 +694,9 @@ class StatsLauncher:
     plan, the head table and the constant arguments. A call then costs the host only the layers' offset tables and
     the launch (a capture launches once per run of stashed layers, in a loop bound by the host).
 
-    ``launcher(q, k, out=None, slot=0)`` takes what :func:`reduce_fused` takes (one layer, stacked layers or lists)
-    and returns the dict of outputs.
+    The arguments are :func:`reduce_fused`'s (``n_seg`` required, 1 to :data:`MAX_SEG`; ``scale <= 0`` is a
+    ``ValueError``). ``launcher(q, k, out=None, slot=0)`` takes what :func:`reduce_fused` takes (one layer, stacked
+    layers or lists) and returns the dict of outputs.
     """
 
     def __init__(
@@ -712,9 +710,12 @@ class StatsLauncher:
         cfg: FusedConfig | None = None,
         heads_list: list[int] | None = None,
         tables: TableArena | None = None,
-        n_seg: int | None = None,
+        *,
+        n_seg: int,
     ):
-        self.n_seg = _n_seg(n_seg, None)
+        if not 1 <= n_seg <= MAX_SEG:
+            raise ValueError(f"n_seg must be between 1 and {MAX_SEG}; got {n_seg}")
+        self.n_seg = n_seg
         cfg = cfg or DEFAULT_CONFIG
         if not scale > 0:
             raise ValueError(

@@ -1,11 +1,12 @@
 """Per-frame statistics of cross-attention, computed from post-norm Q and K without keeping the map.
 
 For one (batch item, head) with logits ``s[f, j] = scale · q_f · k_j`` and ``P = softmax(s)`` over the keys the
-model attends to (all packed keys, or those its key mask keeps: a masked key has probability exactly 0)::
+model attends to (all packed keys, or those its key mask keeps: a masked key has logit -inf, so probability exactly
+0, as a False of a boolean mask given to ``scaled_dot_product_attention``)::
 
-    entropy[f]        = -Σ_j P[f,j] log P[f,j] / log S                    (S = number of keys in the softmax)
-    mass[f, g]        = Σ_{j in segment g} P[f,j]                          (g over the n_seg segments; Σ_g = 1 when known)
-    argmax[f]         = argmax_j s[f,j]
+    entropy[f]        = -Σ_j P[f,j] log P[f,j] / log S       (S = keys in the softmax of the item; 0 when S <= 1)
+    mass[f, g]        = Σ_{j in segment g} P[f,j]             (g over the n_seg segments; Σ_g = 1 when all are known)
+    argmax[f]         = argmax_j s[f,j]                       (first of equal maxima; never a masked key)
     A[f, i]           = P[f, L_i] / Σ_i P[f, L_i] = softmax over the lyric set L of s   (lyric-only map)
     entropy_lyric[f]  = -Σ_i A log A / log n   (n = |L|; 0 when n <= 1)
     lyric_argmax[f]   = argmax_i A[f,i]         (-1 when n = 0)
@@ -31,9 +32,22 @@ def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Te
     return torch.einsum("bthd,bshd->bhts", q.float(), k.float()) * scale
 
 
-def probabilities(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention probabilities ``[B, h, T, S]`` (rows sum to 1)."""
-    return torch.softmax(attention_logits(q, k, scale), dim=-1)
+def mask_logits(logits: torch.Tensor, key_valid: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
+    """``logits [..., B, h, T, S]`` with the keys that ``key_valid [B, S]`` marks False at -inf (a new tensor, or
+    ``logits`` itself filled when ``inplace``); ``logits`` unchanged when ``key_valid`` is ``None``."""
+    if key_valid is None:
+        return logits
+    masked = ~key_valid[:, None, None, :]  # [B, 1, 1, S]
+    return logits.masked_fill_(masked, float("-inf")) if inplace else logits.masked_fill(masked, float("-inf"))
+
+
+def probabilities(
+    q: torch.Tensor, k: torch.Tensor, scale: float, key_valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention probabilities ``[B, h, T, S]`` (rows sum to 1): ``softmax(scale · q kᵀ)`` over the keys,
+    q ``[B, T, h, D]``, k ``[B, S, h, D]``. ``key_valid``: ``[B, S]`` bool, False for keys the model masks out of its
+    softmax (probability exactly 0), or ``None``."""
+    return torch.softmax(mask_logits(attention_logits(q, k, scale), key_valid), dim=-1)
 
 
 def layer_probabilities(
@@ -57,9 +71,7 @@ def layer_probabilities(
     qh = q.transpose(2, 3).index_select(2, q_index).float()  # [L, B, h, T, D]
     kh = k.transpose(2, 3).index_select(2, kv_index).float()  # [L, B, h, S, D]
     logits = torch.matmul(qh, kh.transpose(-1, -2)).mul_(scale)  # [L, B, h, T, S]
-    if key_valid is not None:
-        logits.masked_fill_(~key_valid[None, :, None, None, :], float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    return torch.softmax(mask_logits(logits, key_valid, inplace=True), dim=-1)
 
 
 def segment_onehot(seg_codes: torch.Tensor, n_seg: int) -> torch.Tensor:
@@ -84,8 +96,7 @@ def frame_stats_from_logits(
     arrays ``[B, h, T]`` (mass ``[B, h, T, n_seg]``).
     """
     S = logits.shape[-1]
-    if key_valid is not None:
-        logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    logits = mask_logits(logits, key_valid)  # (a second fill of -inf is harmless)
     logp = torch.log_softmax(logits, dim=-1)  # [B, h, T, S]
     p = logp.exp()
     ent = -torch.where(p == 0, torch.zeros_like(p), p * logp).sum(-1)  # 0 · log 0 = 0 for masked keys
@@ -151,9 +162,7 @@ def reduce_reference(
     parts: list[dict[str, torch.Tensor]] = []
     maps = []
     for t0 in range(0, T, step):
-        logits = attention_logits(q[:, t0 : t0 + step], kx, scale)
-        if key_valid is not None:
-            logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+        logits = mask_logits(attention_logits(q[:, t0 : t0 + step], kx, scale), key_valid)  # [B, h, chunk, S]
         parts.append(frame_stats_from_logits(logits, onehot, lyric_index, n_lyric, key_valid))
         if keep_maps:
             maps.append(torch.softmax(logits, dim=-1))

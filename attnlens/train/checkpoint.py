@@ -5,13 +5,19 @@ Layout of ``<out>/checkpoints/step_00000040/``::
     adapter/pytorch_lora_weights.safetensors   the LoRA (diffusers/peft layout)
     optimizer.safetensors                      optimizer state tensors, keys "<param index>.<name>"
     rng.safetensors                            torch CPU (and CUDA) RNG states (uint8 tensors)
-    state.json                                 step, optimizer param groups, scheduler state, Python/NumPy RNG
+    state.json                                 step, optimizer param groups, scheduler state, Python/NumPy RNG,
+                                               the training settings
+    manifest.json                              size and SHA-256 of every other file (written last)
 
 The directory is assembled under a temporary name and renamed into place; ``checkpoints/latest`` names the newest.
+A checkpoint is read only after its manifest checks out (:func:`verify_checkpoint`): a truncated or bit-flipped
+file is :class:`CheckpointError`, and :func:`checkpoints` lists the candidates newest first so that a resume falls
+back to the previous complete one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -25,6 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..files import atomic_write_json, atomic_write_text
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: damaged (truncated, bit flips, a file missing) or incompatible."""
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
@@ -109,6 +121,7 @@ def save_checkpoint(
         state = {"step": step, "optimizer": oj, "scheduler": scheduler.state_dict(), "rng": rj, **extra}
         with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1, sort_keys=True, default=_json_default)
+        _write_manifest(tmp, step)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -134,30 +147,109 @@ def _json_default(o: Any) -> Any:
     return None  # e.g. scheduler lr_lambdas (functions): rebuilt from the config
 
 
-def latest_checkpoint(out_dir: str) -> str | None:
+def settings_changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, list]:
+    """``{name: [old value, new value]}`` for the settings present in both that differ (compared as JSON)."""
+
+    def norm(v: Any) -> Any:
+        return json.loads(json.dumps(v, default=_json_default))
+
+    return {
+        k: [norm(old[k]), norm(new[k])] for k in new if k in old and k not in ignore and norm(old[k]) != norm(new[k])
+    }
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(root: str) -> list[str]:
+    out = []
+    for d, _, names in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, n), root) for n in names]
+    return sorted(f for f in out if f != MANIFEST)
+
+
+def _write_manifest(path: str, step: int) -> None:
+    files = {
+        f: {"size": os.path.getsize(os.path.join(path, f)), "sha256": _sha256(os.path.join(path, f))}
+        for f in _files(path)
+    }
+    with open(os.path.join(path, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump({"step": step, "files": files}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify_checkpoint(path: str) -> None:
+    """Check every file of the checkpoint at ``path`` against its manifest (present, size, SHA-256); raise
+    :class:`CheckpointError` saying which file is missing, truncated or damaged. A checkpoint written before
+    manifests were kept has none and is checked when it is read."""
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.exists(mpath):
+        return
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            files = json.load(f)["files"]
+        entries = [(str(name), int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its {MANIFEST} is damaged ({e!r})") from None
+    for name, size, digest in entries:
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            raise CheckpointError(f"checkpoint {path}: {name} is missing")
+        got = os.path.getsize(f)
+        if got != size:
+            raise CheckpointError(
+                f"checkpoint {path}: {name} is truncated or damaged ({got} bytes; {size} were written)"
+            )
+        if _sha256(f) != digest:
+            raise CheckpointError(f"checkpoint {path}: {name} is damaged (its SHA-256 differs from the manifest's)")
+
+
+def checkpoints(out_dir: str) -> list[str]:
+    """Checkpoint folders of ``out_dir``, newest first (the one ``checkpoints/latest`` names leads)."""
     root = os.path.join(out_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    done = sorted(
+        (d for d in os.listdir(root) if d.startswith("step_") and os.path.isdir(os.path.join(root, d))), reverse=True
+    )
     ptr = os.path.join(root, "latest")
     if os.path.isfile(ptr):
-        with open(ptr, encoding="utf-8") as f:
+        with open(ptr, encoding="utf-8", errors="replace") as f:
             name = f.read().strip()
-        path = os.path.join(root, name)
-        if os.path.isfile(os.path.join(path, "state.json")):
-            return path
-    if not os.path.isdir(root):
-        return None
-    done = sorted(
-        d for d in os.listdir(root) if d.startswith("step_") and os.path.isfile(os.path.join(root, d, "state.json"))
-    )
-    return os.path.join(root, done[-1]) if done else None
+        if name in done:
+            done.remove(name)
+            done.insert(0, name)
+    return [os.path.join(root, d) for d in done]
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    """The newest checkpoint folder of ``out_dir`` (not verified; see :func:`checkpoints`), or ``None``."""
+    found = checkpoints(out_dir)
+    return found[0] if found else None
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(state.json, optimizer tensors, rng tensors)``."""
-    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
-        state = json.load(f)
+    """``(state.json, optimizer tensors, rng tensors)`` of a verified checkpoint; :class:`CheckpointError` when a
+    file is missing, truncated or damaged."""
+    from safetensors import SafetensorError
 
-    def read(name: str) -> dict[str, torch.Tensor]:
-        with safe_open(os.path.join(path, name), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+    verify_checkpoint(path)
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("state.json holds no step")
 
-    return state, read("optimizer.safetensors"), read("rng.safetensors")
+        def read(name: str) -> dict[str, torch.Tensor]:
+            with safe_open(os.path.join(path, name), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}
+
+        return state, read("optimizer.safetensors"), read("rng.safetensors")
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e})") from None

@@ -24,26 +24,30 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from ..reducers.differentiable import EntropyTap
 from .checkpoint import (
-    latest_checkpoint,
+    CheckpointError,
+    checkpoints,
     load_checkpoint,
     load_optimizer_state,
     save_checkpoint,
     set_rng_state,
+    settings_changes,
     write_json_atomic,
     write_text_atomic,
 )
 from .conditioning import context_latents, encode_condition
 from .data import AudioLyricsDataset, DatasetError, Prepared, PreparedDataset, prepare
 from .flow import flow_matching_loss, noisy_latents, sample_times
-from .lora import LoraConfig, add_lora, lora_parameters, read_adapter, save_adapter
+from .lora import AdapterFileError, LoraConfig, add_lora, lora_parameters, read_adapter, save_adapter
 
 METRIC_COLUMNS = (
     "step",
@@ -123,6 +127,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training setting(s) {unknown}; expected any of {sorted(known)}")
         return cls(**d)
+
+
+OPTIMIZER_SETTINGS: tuple[str, ...] = ("lr", "weight_decay", "betas", "eps", "warmup_steps", "lr_schedule")
+"""Settings a checkpoint's optimizer and learning-rate schedule were built with: a resume refuses to change them
+(with ``lr_schedule="cosine"`` also ``steps``, the length of the cosine)."""
+UNRECORDED_SETTINGS: tuple[str, ...] = ("out_dir", "progress")
+"""Settings whose change on resume is not recorded in ``config.json`` (they do not change what is trained)."""
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -216,6 +227,8 @@ class Trainer:
         self.step = 0
         self.metrics: list[dict[str, Any]] = []
         self._elapsed = 0.0
+        self.resumes: list[dict[str, Any]] = []
+        """one entry per resume that changed settings: ``{"step", "checkpoint", "changed": {name: [old, new]}}``."""
 
     def _param_names(self) -> set[str]:
         return set(lora_parameters(self.pipe.transformer, self.cfg.adapter_name))
@@ -354,7 +367,12 @@ class Trainer:
             _seed_everything(cfg.seed, self.rank)  # global RNGs (LoRA dropout) start from the seed
         if self.is_main:
             write_json_atomic(
-                {"train": asdict(self.cfg), "lora": self.lora.to_dict(), "world_size": self.world},
+                {
+                    "train": asdict(self.cfg),
+                    "lora": self.lora.to_dict(),
+                    "world_size": self.world,
+                    "resumes": self.resumes,
+                },
                 os.path.join(cfg.out_dir, "config.json"),
             )
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and self.is_main))
@@ -398,30 +416,52 @@ class Trainer:
             lambda d: save_adapter(self.pipe.transformer, d, self.cfg.adapter_name),
             self.optimizer,
             self.scheduler,
-            {"elapsed_s": self._elapsed, "world_size": self.world, "lora": self.lora.to_dict()},
+            {
+                "elapsed_s": self._elapsed,
+                "world_size": self.world,
+                "lora": self.lora.to_dict(),
+                "train": asdict(self.cfg),
+                "resumes": self.resumes,
+            },
             keep=self.cfg.keep_checkpoints,
         )
         self._plot()
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of ``out_dir`` if there is one (LoRA, optimizer, scheduler, RNG, metrics)."""
-        path = latest_checkpoint(self.cfg.out_dir)
-        if path is None:
+        """Load the newest complete checkpoint of ``out_dir`` if there is one (LoRA, optimizer, scheduler, RNG,
+        metrics). A damaged checkpoint (truncated, bit flips: its manifest's sizes and checksums) is passed over with
+        a warning for the previous one; none complete is :class:`CheckpointError`. Changed optimizer settings
+        (:data:`OPTIMIZER_SETTINGS`) are refused; other changed settings are used and recorded (:attr:`resumes`)."""
+        found = checkpoints(self.cfg.out_dir)
+        if not found:
             return False
-        state, opt_t, rng_t = load_checkpoint(path)
-        if state.get("world_size", 1) != self.world:
-            raise RuntimeError(
-                f"{path} was written by {state.get('world_size')} process(es); this run has {self.world}: the data "
-                "order would change (resume with the same number of processes)"
+        damaged: list[str] = []
+        for path in found:
+            try:
+                state, opt_t, rng_t = load_checkpoint(path)
+                sd, _ = read_adapter(os.path.join(path, "adapter"))
+                break
+            except (CheckpointError, AdapterFileError, FileNotFoundError) as e:
+                damaged.append(str(e))
+        else:
+            raise CheckpointError(
+                f"no complete checkpoint in {os.path.join(self.cfg.out_dir, 'checkpoints')}: "
+                + "; ".join(damaged)
+                + ". Move the checkpoints folder away to start the run over"
             )
-        sd, _ = read_adapter(os.path.join(path, "adapter"))
+        if damaged:
+            warnings.warn(
+                f"{'; '.join(damaged)}; resuming from the previous complete checkpoint {path} (step {state['step']})",
+                stacklevel=2,
+            )
+        self._check_compatible(path, state)
         name = self.cfg.adapter_name
         with torch.no_grad():
             for pname, p in self.params.items():
                 key = "transformer." + pname.replace(f".{name}.", ".")
                 if key not in sd:
-                    raise RuntimeError(f"checkpoint {path} has no tensor {key}: was it written for another LoRA?")
+                    raise CheckpointError(f"checkpoint {path} has no tensor {key}: was it written for another LoRA?")
                 p.copy_(sd[key].to(p.dtype))
         load_optimizer_state(self.optimizer, opt_t, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -432,6 +472,34 @@ class Trainer:
             r for r in _read_metrics(os.path.join(self.cfg.out_dir, "metrics.csv")) if r["step"] <= self.step
         ]
         return True
+
+    def _check_compatible(self, path: str, state: dict[str, Any]) -> None:
+        """Refuse a resume that would train differently from what the checkpoint holds; record other changes."""
+        if state.get("world_size", 1) != self.world:
+            raise CheckpointError(
+                f"{path} was written by {state.get('world_size')} process(es); this run has {self.world}: the data "
+                "order would change (resume with the same number of processes)"
+            )
+        lora = settings_changes(state.get("lora") or {}, self.lora.to_dict())
+        if lora:
+            raise CheckpointError(f"{path} was written for another LoRA: {_changes(lora)}; resume with the same LoRA")
+        old = state.get("train")
+        if old is None:  # written before checkpoints kept the settings: the optimizer's own groups
+            group = state["optimizer"]["param_groups"][0]
+            old = {k: group[k] for k in ("betas", "eps", "weight_decay") if k in group}
+            old["lr"] = group.get("initial_lr", group.get("lr"))
+        changed = settings_changes(old, asdict(self.cfg), ignore=UNRECORDED_SETTINGS)
+        fixed = OPTIMIZER_SETTINGS + (("steps",) if "cosine" in (old.get("lr_schedule"), self.cfg.lr_schedule) else ())
+        refused = {k: v for k, v in changed.items() if k in fixed}
+        if refused:
+            raise CheckpointError(
+                f"cannot resume {path} with changed optimizer settings ({_changes(refused)}): its optimizer state and "
+                "learning-rate schedule were built with the old values. Resume with the checkpoint's settings, or "
+                "start a new run in another out_dir"
+            )
+        self.resumes = list(state.get("resumes", []))
+        if changed:
+            self.resumes.append({"step": int(state["step"]), "checkpoint": os.path.basename(path), "changed": changed})
 
     # ------------------------------------------------------------------------------------------- monitoring
     @torch.no_grad()
@@ -518,10 +586,16 @@ class Trainer:
         axes[1].set_xlabel("step")
         axes[1].legend()
         fig.tight_layout()
-        tmp = os.path.join(self.cfg.out_dir, ".tmp-loss.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, os.path.join(self.cfg.out_dir, "loss.png"))
+        try:
+            atomic_write(
+                os.path.join(self.cfg.out_dir, "loss.png"), lambda tmp: fig.savefig(tmp, dpi=100, format="png")
+            )
+        finally:
+            plt.close(fig)
+
+
+def _changes(changed: dict[str, list]) -> str:
+    return ", ".join(f"{k} {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changed.items())
 
 
 def _read_metrics(path: str) -> list[dict[str, Any]]:

@@ -40,6 +40,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "summarize_heads": ("attnlens.analyzers.table", "summarize_heads"),
     "head_report": ("attnlens.analyzers.head_report", "head_report"),
     "find_alignment_heads": ("attnlens.analyzers.heads", "find_alignment_heads"),
+    "save_head_set": ("attnlens.analyzers.heads", "save_head_set"),
+    "load_head_set": ("attnlens.analyzers.heads", "load_head_set"),
     "align": ("attnlens.analyzers.align", "align"),
     "lyrics_alignment_score": ("attnlens.analyzers.alignment_score", "lyrics_alignment_score"),
     "route": ("attnlens.eval.route", "route"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -85,9 +86,14 @@ def lyric_maps(
 
 
 def parse_heads(heads: Any) -> list[tuple[int, int]]:
-    """(layer, head) pairs from a dict ``{layer: [heads]}``, a list of pairs, or a DataFrame with layer/head columns."""
+    """(layer, head) pairs from a dict ``{layer: [heads]}``, a list of pairs, a DataFrame with layer/head columns, or
+    the path of a head set (:func:`attnlens.analyzers.heads.save_head_set`)."""
     if heads is None:
         raise ValueError("heads must be given: a dict {layer: [head, ...]} or a list of (layer, head) pairs")
+    if isinstance(heads, (str, os.PathLike)):
+        from .heads import load_head_set
+
+        return load_head_set(heads)
     if hasattr(heads, "columns") and "layer" in heads.columns and "head" in heads.columns:
         pairs = [(int(a), int(b)) for a, b in zip(heads["layer"], heads["head"])]
     elif isinstance(heads, dict):

@@ -281,7 +281,7 @@ def main() -> None:
     ap.add_argument("--batched-frames", type=int, default=125, help="T of the batched all-layers launch (0: skip)")
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="compile processes")
     ap.add_argument("--quick", action="store_true", help="five configurations only")
-    ap.add_argument("--segments", type=int, nargs="*", default=[1, 3, 7, 16], help="segment counts for DEFAULT_CONFIG")
+    ap.add_argument("--segments", type=int, nargs="*", help="segment counts for DEFAULT_CONFIG (1 3 7 16; --smoke: 3)")
     ap.add_argument("--masked", type=float, default=0.25, help="share of keys masked for DEFAULT_CONFIG (0: skip)")
     ap.add_argument("--smoke", action="store_true", help="check the script on the CPU (Triton interpreter, tiny)")
     args = ap.parse_args()
@@ -294,11 +294,15 @@ def main() -> None:
 
         patches.enter_context(interpreter_bf16_dot())  # bf16 dots as exact fp32 until main() returns
         device, args.frames, args.keys, args.layout, args.batched_frames, args.jobs = "cpu", [20], 64, "bench", 20, 1
-        args.quick, args.segments = True, [3]
+        args.quick = True
+        if args.segments is None:
+            args.segments = [3]
     elif not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
     import triton
 
+    if args.segments is None:
+        args.segments = [1, 3, 7, 16]
     n_batched = 2 if args.smoke else N_LAYERS
 
     t_start = time.perf_counter()

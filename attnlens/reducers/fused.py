@@ -168,7 +168,7 @@ class FusedConfig:
 DEFAULT_CONFIG = FusedConfig(block_t=64, exp2=True, lyric="share", order=True, argmax="eq")
 """What :func:`reduce_fused` and the capture run: exp2, lyric-first key order, shared lyric exponent, ``eq`` argmax,
 64×64 blocks, 4 warps, one head per program (chosen by ``benchmarks/profile_fused.py``; its figures, with the
-machine and date, are in benchmarks/README.md, "The statistics kernel")."""
+machine and date, are in docs/performance.md, "The statistics kernel")."""
 
 
 # ---------------------------------------------------------------------------------------------- host-side plans

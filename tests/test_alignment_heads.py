@@ -93,7 +93,8 @@ def test_captures_from_files_and_folders_and_head_sets(tmp_path):
         al.find_alignment_heads(stats_only, reference=refs[0])
 
 
-def test_demo_guided_head_ranked_first_from_eight_captures():  # about 40 s on two CPU cores: the bar
+@pytest.mark.slow  # about 40 s on two CPU cores (run with -m slow): keeps the default run under its budget
+def test_demo_guided_head_ranked_first_from_eight_captures():
     from attnlens.demo.check import captured_runs
     from attnlens.models.demo import demo_task, read_demo_config
 

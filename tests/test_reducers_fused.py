@@ -631,6 +631,15 @@ def _masked_case(n_seg, seed):
     return q, k, codes, lidx, (lidx >= 0).sum(1)
 
 
+def _fused_on_dev(q, k, scale, heads, group, codes, lidx, nl, **kw):
+    """reduce_fused on DEV (int32 layout tensors), results back on the CPU."""
+    from attnlens.reducers.fused import reduce_fused
+
+    i32 = [torch.as_tensor(x).int().to(DEV) for x in (heads, codes, lidx, nl)]
+    out = reduce_fused(q.to(DEV), k.to(DEV), scale, i32[0], group, *i32[1:], **kw)
+    return {name: v.cpu() for name, v in out.items()}
+
+
 def _check_independent(out, want, atol):
     for name in ("entropy", "mass", "entropy_lyric"):
         assert torch.allclose(out[name].double(), want[name], atol=atol), (name, (out[name] - want[name]).abs().max())
@@ -659,14 +668,12 @@ def test_reference_takes_any_segment_count_and_masked_keys(n_seg):
 def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
     """Any segment count (the accumulator's columns, the key plan's descriptor up to code 15) and masked keys,
     against the definitions written out."""
-    from attnlens.reducers.fused import reduce_fused
 
     q, k, codes, lidx, nl = _masked_case(n_seg, seed=n_seg)
     heads = [0, 3]
     want, P = _independent(q, k, 0.25, heads, 2, codes, lidx, n_seg)
     cfg = _config(variant, block_t=16, block_s=16)
-    hs = torch.tensor(heads, dtype=torch.int32)
-    out = reduce_fused(q, k, 0.25, hs, 2, codes.int(), lidx.int(), nl.int(), config=cfg, n_seg=n_seg)
+    out = _fused_on_dev(q, k, 0.25, heads, 2, codes, lidx, nl, config=cfg, n_seg=n_seg)
     assert out["mass"].shape == (2, 2, 12, n_seg)
     _check_independent(out, want, 2e-5)
     unknown = P[:, :, :, 30].float()  # item 0's key of code -1: in the softmax, in no segment
@@ -678,7 +685,6 @@ def test_fused_takes_any_segment_count_and_masked_keys(n_seg, variant):
 def test_argmax_skips_a_masked_maximum_and_breaks_ties_to_the_first_key(variant):
     """A masked key holds the largest logit of every row; three keys tie exactly below it, the first of them masked
     too: the argmax is the first unmasked one of the tie (as on masked logits in torch), on both paths."""
-    from attnlens.reducers.fused import reduce_fused
     from attnlens.reducers.stats import reduce_reference, segment_onehot
 
     g = torch.Generator().manual_seed(5)
@@ -704,7 +710,7 @@ def test_argmax_skips_a_masked_maximum_and_breaks_ties_to_the_first_key(variant)
     hs = torch.tensor([0, 1])
     ref, _ = reduce_reference(q, k, 0.25, hs // 2, segment_onehot(codes, 3), lidx, nl, key_valid=valid)
     cfg = _config(variant, block_t=16, block_s=16)
-    out = reduce_fused(q, k, 0.25, hs.int(), 2, codes.int(), lidx.int(), nl.int(), config=cfg, n_seg=3)
+    out = _fused_on_dev(q, k, 0.25, hs, 2, codes, lidx, nl, config=cfg, n_seg=3)
     for got in (ref, out):
         _check_independent(got, want, 2e-5)
 
@@ -713,7 +719,6 @@ def test_entropy_is_normalized_by_each_items_unmasked_keys():
     """Hand-computed: logits (0, log 3) over item 0's two unmasked keys give P = (1/4, 3/4) and H = (-(1/4) log(1/4)
     - (3/4) log(3/4)) / log 2 = 0.8112781; item 1 is uniform over its three unmasked keys: H = log 3 / log 3 = 1 (a
     normalization by log S, S = 4 keys, would give 0.79); item 2 has one key in the softmax: H = 0, P = 1."""
-    from attnlens.reducers.fused import reduce_fused
     from attnlens.reducers.stats import reduce_reference, segment_onehot
 
     B, S, D = 3, 4, 16
@@ -726,7 +731,7 @@ def test_entropy_is_normalized_by_each_items_unmasked_keys():
     nl = torch.zeros(B, dtype=torch.long)
     h = torch.tensor([0])
     ref, _ = reduce_reference(q, k, 1.0, h, segment_onehot(codes, 2), lidx, nl, key_valid=codes != -2)
-    out = reduce_fused(q, k, 1.0, h.int(), 1, codes.int(), lidx.int(), nl.int(), block_t=16, block_s=16, n_seg=2)
+    out = _fused_on_dev(q, k, 1.0, h, 1, codes, lidx, nl, block_t=16, block_s=16, n_seg=2)
     for got in (ref, out):
         assert torch.allclose(got["entropy"].flatten(), torch.tensor([0.8112781, 1.0, 0.0]), atol=1e-6)
         assert torch.allclose(got["mass"].flatten(0, 2), torch.tensor([[0.25, 0.75], [2 / 3, 1 / 3], [0.0, 1.0]]))

@@ -585,16 +585,16 @@ def _launch_plan(
     group: int,
     cfg: FusedConfig,
     heads_list: list[int] | None = None,
-) -> tuple[KeyPlan, torch.Tensor, int]:
-    """Key plan, head table and G for a v2 launch, built once per (layout tensors, heads tensor, config).
-    ``heads_list``: the same heads on the host, when the caller has them (else ``heads`` is read back once, a
-    synchronization on CUDA)."""
+) -> tuple[KeyPlan, torch.Tensor, int, torch.Tensor]:
+    """Key plan, head table, G and the entropy normalizers (:func:`inv_log_keys`) of a launch, built once per
+    (layout tensors, heads tensor, config). ``heads_list``: the same heads on the host, when the caller has them
+    (else ``heads`` is read back once, a synchronization on CUDA)."""
 
-    def build() -> tuple[KeyPlan, torch.Tensor, int]:
+    def build() -> tuple[KeyPlan, torch.Tensor, int, torch.Tensor]:
         plan = key_plan(seg_codes, lyric_index, cfg.block_s, cfg.order)
         hl = [int(h) for h in (heads_list if heads_list is not None else heads.tolist())]
         tab, G = head_table(hl, group, cfg.gqa)
-        return plan, upload(torch.tensor(tab, dtype=torch.int32), heads.device), G
+        return plan, upload(torch.tensor(tab, dtype=torch.int32), heads.device), G, inv_log_keys(seg_codes)
 
     extra = (tuple(seg_codes.shape), heads.numel(), group, cfg.block_s, cfg.order, cfg.gqa)
     return _cached((seg_codes, lyric_index, heads), extra, build)
@@ -721,14 +721,14 @@ class StatsLauncher:
             raise ValueError(
                 f"the statistics kernel needs an attention scale > 0; got {scale} (use the reference path)"
             )
-        plan, tab, G = _launch_plan(seg_codes, lyric_index, heads, group, cfg, heads_list)
+        plan, tab, G, inv_log = _launch_plan(seg_codes, lyric_index, heads, group, cfg, heads_list)
         self.tables = tables
         self.h = heads.numel()
         self.n_prog = self.h // G
         self.block_t = cfg.block_t
         # pointer arguments after q, k and the two offset tables; then the outputs
         self._plan_args = (
-            plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab, inv_log_keys(seg_codes)
+            plan.order, plan.seg, plan.lid, plan.desc, plan.nblk, n_lyric, heads, tab, inv_log
         )  # fmt: skip
         self._shape_args = (plan.order.shape[1], plan.desc.shape[1])  # s_pad, nb
         self._group, self._scale = group, float(scale)

@@ -33,6 +33,7 @@ _NAMES: dict[str, str] = {
     "prepare": "data",
     "sung_words": "data",
     "gtsinger_words": "data",
+    "CheckpointError": "checkpoint",
     "Trainer": "trainer",
     "TrainConfig": "trainer",
     "train_lora": "trainer",

@@ -127,6 +127,7 @@ class FamilyBase:
     cfg_order: tuple[str, str] = ("cond", "uncond")
     timestep_arg: tuple[str, int] = ("timestep", 1)
     encoder_arg: tuple[str, int] = ("encoder_hidden_states", 2)
+    mask_arg: tuple[str, int] | None = None
 
     pipeline: Any | None = None
 
@@ -154,7 +155,8 @@ class FamilyBase:
         return output
 
     def key_mask_of_call(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
-        return None
+        """The call's ``mask_arg`` argument (keyword or positional), or ``None`` (no ``mask_arg``: no mask)."""
+        return None if self.mask_arg is None else _argument(args, kwargs, *self.mask_arg)
 
     def timestep_of_call(self, args: tuple, kwargs: dict) -> Any:
         """The call's ``t``: a float, or a 0-d tensor left on its device (reading it would synchronize a GPU): a copy,

@@ -125,8 +125,7 @@ class PixArtAdapter(FamilyBase):
         """The call's ``encoder_attention_mask`` as booleans ``[B, S]`` (True: attend): a 2-D mask of 1 and 0 (what
         the pipeline passes), or a 3-D bias ``[B, 1, S]`` of 0 and −10000 (or −inf). Other values (a soft bias)
         are refused: a capture records keys that are kept or dropped. Read once per mask tensor."""
-        name, pos = self.mask_arg
-        mask = kwargs.get(name, args[pos] if len(args) > pos else None)
+        mask = super().key_mask_of_call(args, kwargs)
         if mask is None:
             return None
         for src, version, valid in self._masks_seen:

@@ -101,13 +101,6 @@ class StableAudioAdapter(FamilyBase):
         return output.view(B, S, self.facts.kv_heads, self.facts.head_dim)
 
     # ---------------------------------------------------------------- calls
-    def key_mask_of_call(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
-        name, pos = self.mask_arg
-        mask = kwargs.get(name)
-        if mask is None and len(args) > pos:
-            mask = args[pos]
-        return mask
-
     def layout_recorder(self) -> StableAudioLayoutRecorder | None:
         return StableAudioLayoutRecorder(self.pipeline) if self.pipeline is not None else None
 
